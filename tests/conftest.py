@@ -1,0 +1,41 @@
+"""Shared fixtures: the golden outputs of the original implementation and tiny models."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tests never reach a model hub: weights are random or written by the tests themselves.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TOKEN_EMBEDDING = "textual.token_embedding.weight"
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict:
+    """``golden_tiny.pt`` (see ``fixtures/make_golden_tiny.py``) with the full token embedding
+    rebuilt: rows the golden prompts never use are NaN, so using one fails loudly."""
+    g = torch.load(FIXTURES / "golden_tiny.pt", weights_only=True)
+    rows = g["token_embedding_rows"]
+    table = torch.full(rows["shape"], float("nan"))
+    table[rows["ids"]] = rows["values"]
+    g["state_dict"] = {**g["state_dict"], TOKEN_EMBEDDING: table}
+    return g
+
+
+def variant_state_dict(golden: dict, name: str) -> dict:
+    variant = golden["variants"][name]
+    return {k: variant["state_dict_delta"].get(k, golden["state_dict"][k]) for k in variant["state_dict_keys"]}
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.double(), expected.double()
+    return ((actual - expected).norm() / expected.norm()).item()
+
+
+@pytest.fixture
+def tiny_classes() -> list[str]:
+    return ["abseiling", "playing guitar", "brush_hair", "riding a bike", "yoga"]

@@ -1,0 +1,102 @@
+"""The CLIP text tower, fed with prompt embeddings, and the CLIP tokenizer."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CONTEXT_LENGTH = 77
+
+
+@lru_cache(maxsize=1)
+def _tokenizer() -> open_clip.tokenizer.SimpleTokenizer:
+    return open_clip.tokenizer.SimpleTokenizer(context_length=CONTEXT_LENGTH)
+
+
+def clean_classname(name: str) -> str:
+    """Class names as prompts use them: underscores become spaces (``brush_hair``)."""
+    return " ".join(name.replace("_", " ").split())
+
+
+def count_tokens(text: str) -> int:
+    """BPE tokens of ``text`` without the start/end tokens."""
+    return len(_tokenizer().encode(text))
+
+
+def tokenize(texts: Sequence[str], context_length: int = CONTEXT_LENGTH) -> torch.Tensor:
+    """CLIP BPE token ids, ``(len(texts), context_length)`` int64 on the CPU.
+
+    Unlike open_clip's tokenizer, a text that does not fit raises instead of being cut
+    (a cut prompt loses its end token and silently changes the class embedding).
+    """
+    tok = _tokenizer()
+    ids = [[tok.sot_token_id, *tok.encode(t), tok.eot_token_id] for t in texts]
+    with torch.device("cpu"):  # also when a model is being built under torch.device("meta")
+        out = torch.zeros(len(ids), context_length, dtype=torch.long)
+        for row, (text, seq) in enumerate(zip(texts, ids)):
+            if len(seq) > context_length:
+                raise ValueError(f"prompt {text!r} is {len(seq)} tokens long; the text tower takes at most {context_length}")
+            out[row, : len(seq)] = torch.tensor(seq)
+    return out
+
+
+class TextEncoder(nn.Module):
+    """The CLIP text transformer applied to prompt embeddings.
+
+    Holds open_clip's text modules under their open_clip names, so CLIP state dicts map onto
+    ``text.<name>``. ``deep_prompts`` (ViFi-CLIP's language prompts) replace token positions
+    ``1..n`` before blocks ``1..len(deep_prompts)``.
+    """
+
+    def __init__(self, clip: open_clip.CLIP):
+        super().__init__()
+        self.token_embedding = clip.token_embedding
+        self.positional_embedding = clip.positional_embedding
+        self.transformer = clip.transformer
+        self.ln_final = clip.ln_final
+        self.text_projection = clip.text_projection
+        self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+        self.width = clip.token_embedding.embedding_dim
+        self.context_length = clip.positional_embedding.shape[0]
+
+    @property
+    def output_dim(self) -> int:
+        proj = self.text_projection
+        return proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1]
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.token_embedding(tokens.to(self.token_embedding.weight.device))
+
+    def forward(self, prompts: torch.Tensor, tokens: torch.Tensor, deep_prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """``prompts`` (N, 77, W) embeddings, ``tokens`` (N, 77) ids (for the EOT position) -> (N, E)."""
+        x = prompts + self.positional_embedding.to(prompts.dtype)
+        for i, block in enumerate(self.transformer.resblocks):
+            if deep_prompts is not None and 1 <= i <= deep_prompts.shape[0]:
+                n = deep_prompts.shape[1]
+                x = torch.cat([x[:, :1], deep_prompts[i - 1].to(x.dtype).expand(x.shape[0], -1, -1), x[:, 1 + n :]], dim=1)
+            x = block(x, attn_mask=self.attn_mask)
+        x = self.ln_final(x)
+        eot = tokens.to(x.device).argmax(dim=-1)  # EOT has the largest id in the vocabulary
+        x = x[torch.arange(x.shape[0], device=x.device), eot]
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        return x @ self.text_projection
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self(self.embed_tokens(tokens), tokens)
+
+    def encode_templates(self, classnames: Sequence[str], templates: Sequence[str], chunk: int = 256) -> torch.Tensor:
+        """Zero-shot class embeddings (n_cls, E): the mean of the L2-normalised embeddings of
+        every template filled with each (cleaned) class name, as in CLIP's prompt ensembling."""
+        names = [clean_classname(c) for c in classnames]
+        total = None
+        for template in templates:
+            tokens = tokenize([template.format(n) for n in names])
+            feats = torch.cat([self.encode_tokens(part) for part in tokens.split(chunk)])
+            feats = F.normalize(feats, dim=-1)
+            total = feats if total is None else total + feats
+        return total / len(templates)
