@@ -14,6 +14,7 @@ Two tiny configs for tests and the demo are registered with open_clip on import:
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -138,15 +139,17 @@ def read_clip_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return strip_prefix(load_file(path, device="cpu"), "module.")
     if _is_torchscript_archive(path):
         # OpenAI's released .pt files are TorchScript archives, not pickled state dicts.
-        state = torch.jit.load(path, map_location="cpu").state_dict()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
+            state = torch.jit.load(path, map_location="cpu").state_dict()
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
             raise ValueError(f"cannot read checkpoint {path!r}: {type(err).__name__}: {err}") from err
     state = unwrap_state_dict(state, path)
-    for key in ("input_resolution", "context_length", "vocab_size"):
-        state.pop(key, None)  # metadata entries of the OpenAI archives
+    for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):
+        state.pop(key, None)  # metadata and derived entries of TorchScript archives
     return state
 
 

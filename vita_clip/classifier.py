@@ -103,8 +103,9 @@ class VideoTextClassifier(nn.Module):
         autocast = torch.is_autocast_enabled(self.logit_scale.device.type)
         dtype = torch.get_autocast_dtype(self.logit_scale.device.type) if autocast else None
         # data_ptr catches moves and .data swaps; _version catches in-place updates
+        # (inference tensors have no version counter, and cannot be updated in place)
         return (self._classes_version, autocast, dtype,
-                tuple((p.data_ptr(), p._version) for p in self._text_parameters()))
+                tuple((p.data_ptr(), 0 if p.is_inference() else p._version) for p in self._text_parameters()))
 
     # -- video -----------------------------------------------------------------------------
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:

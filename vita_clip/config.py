@@ -138,7 +138,8 @@ def from_dict(cls, values: dict[str, Any], prefix: str = ""):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)} for {cls.__name__}; known keys: {sorted(known)}")
+        names = ", ".join(repr(prefix + k) for k in unknown)
+        raise ValueError(f"unknown config key{'s' if len(unknown) > 1 else ''} {names} for {cls.__name__}; known keys: {sorted(known)}")
     return cls(**values)
 
 

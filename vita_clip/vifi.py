@@ -31,13 +31,13 @@ class ViFiCLIP(VideoTextClassifier):
     """
 
     def __init__(self, config: ViFiCLIPConfig | None = None, classnames: Sequence[str] = (),
-                 backbone: open_clip.CLIP | None = None, **overrides):
+                 clip_model: open_clip.CLIP | None = None, **overrides):
         super().__init__()
         config = replace(config or ViFiCLIPConfig(), **overrides)
         classnames = check_classnames(classnames)
         self.config = config
-        if backbone is None:
-            backbone = create_backbone(config.backbone, config.pretrained, config.quick_gelu)
+        # clip_model: an already built open_clip model to take the backbone from (weights included)
+        backbone = clip_model or create_backbone(config.backbone, config.pretrained, config.quick_gelu)
         self.visual = backbone.visual
         self.text = TextEncoder(backbone)
         self.logit_scale = backbone.logit_scale

@@ -36,7 +36,7 @@ class VitaCLIP(VideoTextClassifier):
     """
 
     def __init__(self, config: VitaCLIPConfig | None = None, classnames: Sequence[str] = (),
-                 backbone: open_clip.CLIP | None = None, **overrides):
+                 clip_model: open_clip.CLIP | None = None, **overrides):
         super().__init__()
         config = replace(config or VitaCLIPConfig(), **overrides)
         classnames = check_classnames(classnames)
@@ -46,8 +46,8 @@ class VitaCLIP(VideoTextClassifier):
                 "version yet; use fused=False (the eager reference)"
             )
         self.config = config
-        if backbone is None:
-            backbone = create_backbone(config.backbone, config.pretrained, config.quick_gelu)
+        # clip_model: an already built open_clip model to take the backbone from (weights included)
+        backbone = clip_model or create_backbone(config.backbone, config.pretrained, config.quick_gelu)
         self.visual = VitaVisionTransformer(
             backbone.visual,
             num_frames=config.num_frames,

@@ -1,0 +1,28 @@
+# Two commands do all the set-up on a fresh machine (see README.md):
+#   make demo   - create .venv, install, run the main job on the embedded default
+#   make test   - create .venv, install, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench install
+
+install: $(STAMP)
+
+# The torch stack is pinned first so that pip never swaps it for another build.
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+	$(BIN)/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/python -m pip install -q -e ".[dev,gpu]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m vita_clip.summary
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests/ -q
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest benchmarks/ --benchmark-only
