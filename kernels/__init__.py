@@ -1,7 +1,12 @@
-"""Fused Triton kernels of vita-clip, installed as ``vita_clip.kernels``.
+"""Fused kernels of vita-clip, installed as ``vita_clip.kernels``.
 
-Each kernel file holds its Triton kernels, the launcher with input checks, the custom-op
-registration and, beside them, the eager reference it is tested against. The kernels
-(prompt attention without concatenation, the cross-frame summary attention in one launch)
-are not part of this version yet; ``VitaCLIP(fused=True)`` says so when asked for them.
+* ``prompt_attention``: the frozen ViT attention of a Vita-CLIP layer with queries only for
+  the surviving tokens and keys/values from four sources (own tokens, local, global and
+  summary prompts), without building the concatenated sequence;
+* ``summary_attention``: the whole cross-frame summary branch (LayerNorm, q/k/v, attention
+  over the frames, output projection, residual) as one op.
+
+Each file holds the kernels, the launcher with its input checks, the ``torch.library``
+custom-op registration (with fake and autograd implementations, so ``torch.compile``
+traces through) and the eager reference the implementations are tested against.
 """

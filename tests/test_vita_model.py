@@ -191,8 +191,3 @@ def test_bad_names_and_configs(tiny_classes):
         create_model("vita-clip-tiny", tiny_classes, text={"position": "back"})
     with pytest.raises(ValueError, match="unknown template set"):
         tiny(tiny_classes).set_classes(["a"], templates="nonsense")
-
-
-def test_fused_is_refused_clearly_until_the_kernels_exist(tiny_classes):
-    with pytest.raises(NotImplementedError, match="fused=False"):
-        tiny(tiny_classes, fused=True)

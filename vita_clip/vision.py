@@ -24,6 +24,8 @@ from open_clip.transformer import LayerNorm
 from torch import nn
 
 from .backbone import freeze, patch_tokens
+from .kernels.prompt_attention import prompt_attention
+from .kernels.summary_attention import summary_attention
 
 
 class SummaryAttention(nn.Module):
@@ -69,12 +71,17 @@ class VitaLayerPrompts(nn.Module):
         self.use_summary_token = use_summary_token
         self.use_local_prompts = use_local_prompts
 
-    def forward(self, cls_tokens: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def forward(self, cls_tokens: torch.Tensor, fused: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         c = self.cls_proj(cls_tokens)
         local = summary = None
         if self.use_local_prompts:
             local = resize_frames(self.local_prompts, c.shape[1]).to(c.dtype) + c
-        if self.use_summary_token:
+        if self.use_summary_token and fused:
+            ln, sa = self.summary_ln, self.summary_attn
+            summary = summary_attention(c, ln.weight, ln.bias, sa.q_proj.weight, sa.q_proj.bias, sa.k_proj.weight,
+                                        sa.k_proj.bias, sa.v_proj.weight, sa.v_proj.bias, sa.out_proj.weight,
+                                        sa.out_proj.bias, sa.heads, ln.eps)
+        elif self.use_summary_token:
             summary = c + self.summary_attn(self.summary_ln(c))
         return local, summary
 
@@ -124,12 +131,17 @@ class VitaVisionTransformer(nn.Module):
     ``positional_embedding``, ``ln_pre``, ``transformer.resblocks.i``, ``ln_post``, ``proj``)
     so that CLIP checkpoints load as they are. ``conv1`` gains a (zero, frozen) bias: the
     released Vita-CLIP checkpoints use EVL's patch embedding, which has one.
+
+    ``fused=True`` computes the same function without building the prompt sequence (see
+    :meth:`fused_layer`); parameters and state-dict keys are the same either way.
     """
 
     def __init__(self, clip_visual: nn.Module, num_frames: int, use_summary_token: bool = True,
-                 use_local_prompts: bool = True, use_global_prompts: bool = True, num_global_prompts: int = 8):
+                 use_local_prompts: bool = True, use_global_prompts: bool = True, num_global_prompts: int = 8,
+                 fused: bool = False):
         super().__init__()
         _check_plain_vit(clip_visual)
+        self.fused = fused
         conv = clip_visual.conv1
         width = conv.out_channels
         self.conv1 = nn.Conv2d(3, width, conv.kernel_size, conv.stride, bias=True,
@@ -184,8 +196,9 @@ class VitaVisionTransformer(nn.Module):
         """``(B, T, 3, H, W)`` normalised pixels -> video features ``(B, E)``."""
         b, t = video.shape[:2]
         x = self.embed_frames(video)
+        layer = self.fused_layer if self.fused else self.layer
         for i, block in enumerate(self.transformer.resblocks):
-            x = self.layer(i, block, x, b, t)
+            x = layer(i, block, x, b, t)
         cls = self.ln_post(x[:, 0]) @ self.proj
         return cls.view(b, t, -1).mean(dim=1)
 
@@ -206,6 +219,40 @@ class VitaVisionTransformer(nn.Module):
         return x
 
 
+    def fused_layer(self, i: int, block: nn.Module, x: torch.Tensor, b: int, t: int) -> torch.Tensor:
+        """The same layer as :meth:`layer` with the work the original throws away left out.
+
+        Only CLS and patch tokens get queries and go through the FFN; the prompts only
+        contribute keys and values, projected once per video (local), once per layer
+        (global) and once per frame (summary), and no token sequence is concatenated.
+        """
+        f, n, d = x.shape
+        attn = block.attn
+        heads = attn.num_heads
+        head_dim = d // heads
+        qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = qkv.view(f, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (F, H, N, hd) each
+
+        def prompt_kv(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            kv = F.linear(block.ln_1(tokens), attn.in_proj_weight[d:], attn.in_proj_bias[d:])
+            kv = kv.unflatten(-1, (2, heads, head_dim))
+            return kv.select(-3, 0), kv.select(-3, 1)  # (..., H, hd)
+
+        k_local = v_local = k_global = v_global = k_summary = v_summary = None
+        if self.prompt_layers is not None:
+            local, summary = self.prompt_layers[i](x[:, 0].view(b, t, d), fused=True)
+            if local is not None:
+                k_local, v_local = (p.transpose(1, 2) for p in prompt_kv(local))  # (B, H, T, hd)
+            if summary is not None:
+                k_summary, v_summary = prompt_kv(summary.reshape(f, d))  # (F, H, hd)
+        if self.global_prompts is not None:
+            k_global, v_global = (p.transpose(0, 1) for p in prompt_kv(self.global_prompts[i].to(x.dtype)))  # (H, M, hd)
+        out = prompt_attention(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
+        out = F.linear(out.transpose(1, 2).reshape(f, n, d), attn.out_proj.weight, attn.out_proj.bias)
+        x = x + block.ls_1(out)
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
 def _check_plain_vit(visual: nn.Module) -> None:
     problems = []
     if not hasattr(visual, "conv1") or not hasattr(visual, "transformer"):
@@ -217,5 +264,7 @@ def _check_plain_vit(visual: nn.Module) -> None:
             problems.append("uses patch dropout (it would drop prompt tokens)")
         if getattr(visual, "final_ln_after_pool", False):
             problems.append("applies ln_post after pooling")
+        if any(getattr(b.attn, "in_proj_weight", None) is None for b in visual.transformer.resblocks):
+            problems.append("has attention without a packed q/k/v projection")
     if problems:
         raise ValueError(f"Vita-CLIP needs a plain CLIP ViT backbone: it {', '.join(problems)}")

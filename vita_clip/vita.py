@@ -40,11 +40,6 @@ class VitaCLIP(VideoTextClassifier):
         super().__init__()
         config = replace(config or VitaCLIPConfig(), **overrides)
         classnames = check_classnames(classnames)
-        if config.fused:
-            raise NotImplementedError(
-                "fused=True needs the fused prompt-attention kernels, which are not part of this "
-                "version yet; use fused=False (the eager reference)"
-            )
         self.config = config
         # clip_model: an already built open_clip model to take the backbone from (weights included)
         backbone = clip_model or create_backbone(config.backbone, config.pretrained, config.quick_gelu)
@@ -55,6 +50,7 @@ class VitaCLIP(VideoTextClassifier):
             use_local_prompts=config.use_local_prompts,
             use_global_prompts=config.use_global_prompts,
             num_global_prompts=config.num_global_prompts,
+            fused=config.fused,
         )
         self.text = freeze(TextEncoder(backbone))
         if self.text.output_dim != self.visual.output_dim:

@@ -1,0 +1,124 @@
+"""The fused ops' CPU implementations against float64 eager references (fresh random inputs, odd sizes)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vita_clip.kernels.prompt_attention import prompt_attention, prompt_attention_op, prompt_attention_reference
+from vita_clip.kernels.summary_attention import summary_attention, summary_attention_op, summary_attention_reference
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def prompt_inputs(videos, frames, tokens, heads, head_dim, local, n_global, summary, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
+
+    f = videos * frames
+    tensors = {"q": r(f, heads, tokens, head_dim), "k": r(f, heads, tokens, head_dim), "v": r(f, heads, tokens, head_dim)}
+    if local:
+        tensors |= {"k_local": r(videos, heads, frames, head_dim), "v_local": r(videos, heads, frames, head_dim)}
+    if n_global:
+        tensors |= {"k_global": r(heads, n_global, head_dim), "v_global": r(heads, n_global, head_dim)}
+    if summary:
+        tensors |= {"k_summary": r(f, heads, head_dim), "v_summary": r(f, heads, head_dim)}
+    return tensors
+
+
+SHAPES = [  # (videos, frames, tokens, heads, head_dim, local, n_global, summary)
+    (1, 1, 5, 2, 16, True, 0, True),
+    (2, 3, 17, 3, 32, True, 3, True),
+    (3, 8, 50, 2, 64, True, 8, True),
+    (1, 8, 197, 2, 64, True, 8, True),
+    (2, 3, 17, 2, 16, False, 3, False),
+    (2, 4, 50, 2, 32, True, 0, False),
+    (1, 3, 5, 1, 16, False, 0, True),
+    (2, 2, 17, 2, 16, False, 0, False),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}T{}L{}H{}d{}-loc{}-M{}-sum{}".format(*s))
+def test_prompt_attention_matches_float64_reference(shape):
+    inputs = prompt_inputs(*shape, seed=sum(shape[:5]))
+    out = prompt_attention(**inputs)
+    grad = torch.randn_like(out)
+    grads = torch.autograd.grad(out, list(inputs.values()), grad)
+    ref_inputs = {k: v.detach().double().requires_grad_(True) for k, v in inputs.items()}
+    ref, _ = prompt_attention_reference(**ref_inputs)
+    ref_grads = torch.autograd.grad(ref, list(ref_inputs.values()), grad.double())
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert rel(out, ref) <= 1e-5
+    for name, g, rg in zip(inputs, grads, ref_grads):
+        assert g.shape == rg.shape, name
+        assert rel(g, rg) <= 1e-4, name
+
+
+def test_prompt_attention_log_sum_exp():
+    inputs = {k: v.detach() for k, v in prompt_inputs(2, 3, 17, 2, 16, True, 3, True).items()}
+    _, lse = prompt_attention_op(*(inputs.get(n) for n in ("q", "k", "v", "k_local", "v_local", "k_global",
+                                                           "v_global", "k_summary", "v_summary")))
+    _, ref_lse = prompt_attention_reference(**{k: v.double() for k, v in inputs.items()})
+    assert lse.dtype == torch.float32 and rel(lse, ref_lse) <= 1e-6
+
+
+def test_prompt_attention_fp16_and_bf16_stay_close():
+    inputs = prompt_inputs(2, 3, 17, 2, 32, True, 3, True)
+    ref, _ = prompt_attention_reference(**{k: v.detach().double() for k, v in inputs.items()})
+    for dtype, tol in ((torch.float16, 5e-3), (torch.bfloat16, 3e-2)):
+        out = prompt_attention(**{k: v.detach().to(dtype) for k, v in inputs.items()})
+        assert out.dtype == dtype and rel(out, ref) <= tol
+
+
+def test_prompt_attention_rejects_bad_shapes():
+    inputs = {k: v.detach() for k, v in prompt_inputs(2, 3, 5, 2, 16, True, 3, True).items()}
+    with pytest.raises(ValueError, match="k_local must be"):
+        prompt_attention(**{**inputs, "k_local": inputs["k_local"][:, :1], "v_local": inputs["v_local"][:, :1]})
+    with pytest.raises(ValueError, match="both be given"):
+        prompt_attention(**{**inputs, "v_global": None})
+    with pytest.raises(ValueError, match="k_summary must be"):
+        prompt_attention(**{**inputs, "k_summary": inputs["k_summary"][:5], "v_summary": inputs["v_summary"][:5]})
+
+
+def summary_inputs(videos, frames, width, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(dtype).requires_grad_(True)
+
+    s = width ** -0.5
+    return [r(videos, frames, width), r(width, scale=0.1, shift=1.0), r(width, scale=0.1),
+            r(width, width, scale=s), r(width, scale=0.1), r(width, width, scale=s), r(width, scale=0.1),
+            r(width, width, scale=s), r(width, scale=0.1), r(width, width, scale=s), r(width, scale=0.1)]
+
+
+@pytest.mark.parametrize("videos, frames, width, heads", [(1, 1, 32, 2), (2, 3, 48, 3), (3, 8, 64, 4), (2, 16, 64, 1)])
+def test_summary_attention_matches_float64_reference(videos, frames, width, heads):
+    inputs = summary_inputs(videos, frames, width, seed=videos * 100 + frames)
+    out = summary_attention(*inputs, heads=heads)
+    grad = torch.randn_like(out)
+    grads = torch.autograd.grad(out, inputs, grad)
+    ref_inputs = [t.detach().double().requires_grad_(True) for t in inputs]
+    ref = summary_attention_reference(*ref_inputs, heads=heads)
+    ref_grads = torch.autograd.grad(ref, ref_inputs, grad.double())
+    assert rel(out, ref) <= 1e-5
+    scale = max(rg.norm().item() for rg in ref_grads)
+    for i, (g, rg) in enumerate(zip(grads, ref_grads)):
+        # the k bias gets an exactly-zero gradient (softmax ignores a per-query constant), so
+        # errors are measured against the largest gradient there
+        assert (g.double() - rg).norm().item() <= 1e-4 * max(rg.norm().item(), 1e-3 * scale), i
+
+
+def test_opcheck_both_ops():
+    inputs = {k: v.detach() for k, v in prompt_inputs(2, 3, 5, 2, 16, True, 3, True).items()}
+    args = tuple(inputs.get(n) for n in ("q", "k", "v", "k_local", "v_local", "k_global", "v_global",
+                                        "k_summary", "v_summary"))
+    torch.library.opcheck(prompt_attention_op, tuple(a.requires_grad_(True) for a in args))
+    no_prompts = args[:3] + (None,) * 6
+    torch.library.opcheck(prompt_attention_op, no_prompts)
+    summary = summary_inputs(2, 3, 32)
+    torch.library.opcheck(summary_attention_op, (*summary, 2, 1e-5))
