@@ -98,9 +98,15 @@ def read_checkpoint(source) -> dict:
 
     ``kind`` is ``"vita-clip"`` (this package), ``"original-vita"`` or ``"original-vifi"``
     (converted to this package's keys), or ``"state_dict"`` (already in this layout).
-    ``source`` is a path or an already loaded object.
+    ``source`` is a path (a file, or a training checkpoint folder ``checkpoint-<step>``) or
+    an already loaded object.
     """
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "checkpoint"
+    if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+        from .engine.state import read_training_state  # a training checkpoint folder
+
+        state, weights = read_training_state(source)
+        return {**state["model"], "kind": "vita-clip", "trainable_only": True, "state_dict": weights, "source": name}
     if isinstance(source, (str, os.PathLike)):
         if not os.path.isfile(source):
             raise FileNotFoundError(f"checkpoint file {name!r} does not exist")

@@ -1,0 +1,1 @@
+"""Training and evaluation engine: configs, the step loop, checkpoints, metrics."""
