@@ -16,16 +16,46 @@ Any of the three prompt sources may be ``None``.
 
 Implementations: the CPU composite below (per-frame K/V concatenation + torch's flash
 attention for CPU, whose backward gives the gradients that are then reduced over the frames
-sharing a source) and, on CUDA, the Triton kernel. ``prompt_attention_reference`` is the
+sharing a source) and, on CUDA, the Triton kernels. ``prompt_attention_reference`` is the
 float64-capable eager reference every implementation is tested against.
+
+Triton kernels (what is fused, where it comes from, limits):
+
+* forward, one launch: FlashAttention-2 style online softmax (Dao, 2023; the Triton fused-
+  attention tutorial) with the key loop split over the four sources: a program owns one
+  (frame, head) and BLOCK_M queries, walks the frame's own K/V tiles, then the video's local
+  prompts, the global prompts and the summary key, each read through its own pointer and
+  strides (the concatenated sequence is never built; absent sources are compiled out);
+  writes ``out`` and ``lse``.
+* backward, two launches plus small reductions: (1) ``dq`` and ``delta = rowsum(dO * O)``
+  per (frame, head, query block), looping over the four sources like the forward; (2) ``dk,
+  dv``: programs ``0..cdiv(L, BLOCK_N)-1`` of a (frame, head) own one tile of its own keys,
+  the last three programs handle its local prompts, the global prompts and its summary key
+  (each loops over the frame's L queries). Local and global gradients are shared by several
+  frames: every frame writes its float32 partial into a (F, H, n, d) buffer that torch sums
+  over the frames of a video (local) or over all frames (global). No atomics, so results are
+  deterministic and the fp16/bf16 reductions happen in float32.
+* limits: q/k/v/prompts in float16, bfloat16 or float32 (float64 falls back to the composite),
+  head dim <= 128 (16/32/64/128 are exact tiles, others are padded), any token and prompt
+  count. float32 dots use ``input_precision="ieee"`` (no TF32) so they match the reference
+  to ~1e-6; 16-bit dots accumulate in float32 like FlashAttention. Block sizes come from a
+  fixed heuristic (no autotuning).
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the composite needs no Triton, the CUDA kernels are not registered
+    triton = None
 
 # -- eager reference ---------------------------------------------------------------------------
 
@@ -151,6 +181,450 @@ def _composite_backward(grad_out, q, k, v, k_local, v_local, k_global, v_global,
     return dq, dk, dv, dkl, dvl, dkg, dvg, dks, dvs
 
 
+# -- Triton kernels ----------------------------------------------------------------------------
+#
+# F frames, H heads, L tokens per frame, d head dim, B videos (F = B * frames_per_video), T_l local
+# and M global prompts. Scores are kept in log2 units (qk_scale = sm_scale * log2(e)) so the
+# kernels use exp2; lse is stored in natural log. (frame, head) base offsets are int64.
+
+if triton is not None:
+
+    @triton.jit
+    def _fwd_source(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd, n_keys, qk_scale,
+                    offs_d, d_mask, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+        """Online-softmax update of ``(acc, m_i, l_i)`` with the ``n_keys`` keys/values of one source.
+
+        k_base, v_base: (n_keys, d) rows of one (frame or video, head); q: (BLOCK_M, BLOCK_D) tile.
+        """
+        for start in range(0, n_keys, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < n_keys
+            kv_mask = n_mask[:, None] & d_mask[None, :]
+            k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+            v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+            s = tl.where(n_mask[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every tile holds at least one key
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+        return acc, m_i, l_i
+
+    @triton.jit
+    def _prompt_attention_fwd_kernel(
+        q_ptr,  # (F, H, L, d)
+        k_ptr,  # (F, H, L, d)
+        v_ptr,  # (F, H, L, d)
+        kl_ptr,  # (B, H, T_l, d) local prompt keys of each video (unused unless HAS_LOCAL)
+        vl_ptr,  # (B, H, T_l, d)
+        kg_ptr,  # (H, M, d) global prompt keys (unused unless HAS_GLOBAL)
+        vg_ptr,  # (H, M, d)
+        ks_ptr,  # (F, H, d) summary key of each frame (unused unless HAS_SUMMARY)
+        vs_ptr,  # (F, H, d)
+        out_ptr,  # (F, H, L, d) contiguous, q's dtype
+        lse_ptr,  # (F, H, L) contiguous, float32
+        sq_f, sq_h, sq_l, sq_d, sk_f, sk_h, sk_l, sk_d, sv_f, sv_h, sv_l, sv_d,
+        skl_b, skl_h, skl_n, skl_d, svl_b, svl_h, svl_n, svl_d,
+        skg_h, skg_n, skg_d, svg_h, svg_n, svg_d,
+        sks_f, sks_h, sks_d, svs_f, svs_h, svs_d,
+        H, L, D, frames_per_video, n_local, n_global, sm_scale,
+        HAS_LOCAL: tl.constexpr, HAS_GLOBAL: tl.constexpr, HAS_SUMMARY: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        """Grid (F * H, cdiv(L, BLOCK_M)): one (frame, head) and BLOCK_M of its queries per program."""
+        pid_fh = tl.program_id(0).to(tl.int64)
+        f = pid_fh // H
+        h = pid_fh % H
+        qk_scale = sm_scale * 1.4426950408889634  # log2(e)
+        offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        m_mask = offs_m < L
+        d_mask = offs_d < D
+        md_mask = m_mask[:, None] & d_mask[None, :]
+        q = tl.load(q_ptr + f * sq_f + h * sq_h + offs_m[:, None] * sq_l + offs_d[None, :] * sq_d, mask=md_mask,
+                    other=0.0)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        acc, m_i, l_i = _fwd_source(acc, m_i, l_i, q, k_ptr + f * sk_f + h * sk_h, v_ptr + f * sv_f + h * sv_h,
+                                    sk_l, sk_d, sv_l, sv_d, L, qk_scale, offs_d, d_mask, BLOCK_N, PRECISION)
+        if HAS_LOCAL:
+            b = f // frames_per_video
+            acc, m_i, l_i = _fwd_source(acc, m_i, l_i, q, kl_ptr + b * skl_b + h * skl_h,
+                                        vl_ptr + b * svl_b + h * svl_h, skl_n, skl_d, svl_n, svl_d, n_local,
+                                        qk_scale, offs_d, d_mask, BLOCK_P, PRECISION)
+        if HAS_GLOBAL:
+            acc, m_i, l_i = _fwd_source(acc, m_i, l_i, q, kg_ptr + h * skg_h, vg_ptr + h * svg_h, skg_n, skg_d,
+                                        svg_n, svg_d, n_global, qk_scale, offs_d, d_mask, BLOCK_P, PRECISION)
+        if HAS_SUMMARY:  # one key: a row-wise dot product rather than a padded tl.dot
+            ks = tl.load(ks_ptr + f * sks_f + h * sks_h + offs_d * sks_d, mask=d_mask, other=0.0).to(tl.float32)
+            vs = tl.load(vs_ptr + f * svs_f + h * svs_h + offs_d * svs_d, mask=d_mask, other=0.0).to(tl.float32)
+            s = tl.sum(q.to(tl.float32) * ks[None, :], 1) * qk_scale
+            m_new = tl.maximum(m_i, s)
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new)
+            l_i = l_i * alpha + p
+            acc = acc * alpha[:, None] + p[:, None] * vs[None, :]
+            m_i = m_new
+        row = pid_fh * L + offs_m  # row of the contiguous (F*H*L, d) outputs
+        tl.store(out_ptr + row[:, None] * D + offs_d[None, :], (acc / l_i[:, None]).to(out_ptr.dtype.element_ty),
+                 mask=md_mask)
+        tl.store(lse_ptr + row, (m_i + tl.log2(l_i)) * 0.6931471805599453, mask=m_mask)  # * ln(2)
+
+    @triton.jit
+    def _dq_source(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd, n_keys,
+                   qk_scale, offs_d, d_mask, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+        """``dq += dS K`` (without the softmax scale) over the ``n_keys`` keys/values of one source."""
+        for start in range(0, n_keys, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < n_keys
+            kv_mask = n_mask[:, None] & d_mask[None, :]
+            k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+            v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+            p = tl.where(n_mask[None, :], tl.exp2(s - lse2[:, None]), 0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+        return dq
+
+    @triton.jit
+    def _prompt_attention_bwd_dq_kernel(
+        q_ptr, k_ptr, v_ptr,  # (F, H, L, d) each
+        kl_ptr, vl_ptr,  # (B, H, T_l, d)
+        kg_ptr, vg_ptr,  # (H, M, d)
+        ks_ptr, vs_ptr,  # (F, H, d)
+        out_ptr,  # (F, H, L, d) forward output
+        do_ptr,  # (F, H, L, d) gradient of the output
+        lse_ptr,  # (F, H, L) contiguous float32, natural log
+        delta_ptr,  # (F, H, L) contiguous float32, written here: rowsum(dO * O)
+        dq_ptr,  # (F, H, L, d) contiguous, q's dtype
+        sq_f, sq_h, sq_l, sq_d, sk_f, sk_h, sk_l, sk_d, sv_f, sv_h, sv_l, sv_d,
+        skl_b, skl_h, skl_n, skl_d, svl_b, svl_h, svl_n, svl_d,
+        skg_h, skg_n, skg_d, svg_h, svg_n, svg_d,
+        sks_f, sks_h, sks_d, svs_f, svs_h, svs_d,
+        so_f, so_h, so_l, so_d, sdo_f, sdo_h, sdo_l, sdo_d,
+        H, L, D, frames_per_video, n_local, n_global, sm_scale,
+        HAS_LOCAL: tl.constexpr, HAS_GLOBAL: tl.constexpr, HAS_SUMMARY: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        """Grid (F * H, cdiv(L, BLOCK_M)): dq and delta of one (frame, head) and BLOCK_M queries."""
+        pid_fh = tl.program_id(0).to(tl.int64)
+        f = pid_fh // H
+        h = pid_fh % H
+        qk_scale = sm_scale * 1.4426950408889634
+        offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        m_mask = offs_m < L
+        d_mask = offs_d < D
+        md_mask = m_mask[:, None] & d_mask[None, :]
+        q = tl.load(q_ptr + f * sq_f + h * sq_h + offs_m[:, None] * sq_l + offs_d[None, :] * sq_d, mask=md_mask,
+                    other=0.0)
+        do = tl.load(do_ptr + f * sdo_f + h * sdo_h + offs_m[:, None] * sdo_l + offs_d[None, :] * sdo_d,
+                     mask=md_mask, other=0.0)
+        o = tl.load(out_ptr + f * so_f + h * so_h + offs_m[:, None] * so_l + offs_d[None, :] * so_d, mask=md_mask,
+                    other=0.0)
+        row = pid_fh * L + offs_m
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+        tl.store(delta_ptr + row, delta, mask=m_mask)
+        lse2 = tl.load(lse_ptr + row, mask=m_mask, other=0.0) * 1.4426950408889634
+        dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        dq = _dq_source(dq, q, do, lse2, delta, k_ptr + f * sk_f + h * sk_h, v_ptr + f * sv_f + h * sv_h,
+                        sk_l, sk_d, sv_l, sv_d, L, qk_scale, offs_d, d_mask, BLOCK_N, PRECISION)
+        if HAS_LOCAL:
+            b = f // frames_per_video
+            dq = _dq_source(dq, q, do, lse2, delta, kl_ptr + b * skl_b + h * skl_h, vl_ptr + b * svl_b + h * svl_h,
+                            skl_n, skl_d, svl_n, svl_d, n_local, qk_scale, offs_d, d_mask, BLOCK_P, PRECISION)
+        if HAS_GLOBAL:
+            dq = _dq_source(dq, q, do, lse2, delta, kg_ptr + h * skg_h, vg_ptr + h * svg_h, skg_n, skg_d,
+                            svg_n, svg_d, n_global, qk_scale, offs_d, d_mask, BLOCK_P, PRECISION)
+        if HAS_SUMMARY:
+            ks = tl.load(ks_ptr + f * sks_f + h * sks_h + offs_d * sks_d, mask=d_mask, other=0.0).to(tl.float32)
+            vs = tl.load(vs_ptr + f * svs_f + h * svs_h + offs_d * svs_d, mask=d_mask, other=0.0).to(tl.float32)
+            p = tl.exp2(tl.sum(q.to(tl.float32) * ks[None, :], 1) * qk_scale - lse2)
+            ds = p * (tl.sum(do.to(tl.float32) * vs[None, :], 1) - delta)
+            dq += ds[:, None] * ks[None, :]
+        tl.store(dq_ptr + row[:, None] * D + offs_d[None, :], (dq * sm_scale).to(dq_ptr.dtype.element_ty),
+                 mask=md_mask)
+
+    @triton.jit
+    def _dkdv_source(k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd, n_keys,
+                     dk_base, dv_base,  # (n_keys, d) contiguous outputs of this (frame, head)
+                     q_base, do_base, sq_l, sq_d, sdo_l, sdo_d,  # (L, d) queries and output gradients
+                     lse_base, delta_base,  # (L,) contiguous float32
+                     L, D, sm_scale, offs_d, d_mask, key_start, key_stop,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+        """dk, dv of keys ``key_start..key_stop`` (tiles of BLOCK_N, ``< n_keys``) of one source and
+        (frame, head), each accumulated over the frame's L queries in float32."""
+        qk_scale = sm_scale * 1.4426950408889634
+        for start_n in range(key_start, key_stop, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < n_keys
+            kv_mask = n_mask[:, None] & d_mask[None, :]
+            k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+            v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+            dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+            dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+            for start_m in range(0, L, BLOCK_M):
+                offs_m = start_m + tl.arange(0, BLOCK_M)
+                m_mask = offs_m < L
+                md_mask = m_mask[:, None] & d_mask[None, :]
+                q = tl.load(q_base + offs_m[:, None] * sq_l + offs_d[None, :] * sq_d, mask=md_mask, other=0.0)
+                do = tl.load(do_base + offs_m[:, None] * sdo_l + offs_d[None, :] * sdo_d, mask=md_mask, other=0.0)
+                lse2 = tl.load(lse_base + offs_m, mask=m_mask, other=0.0) * 1.4426950408889634
+                delta = tl.load(delta_base + offs_m, mask=m_mask, other=0.0)
+                st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale  # S^T: (BLOCK_N, BLOCK_M)
+                pt = tl.where(n_mask[:, None] & m_mask[None, :], tl.exp2(st - lse2[None, :]), 0.0)
+                dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
+                dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+                dk += tl.dot((pt * (dpt - delta[None, :])).to(q.dtype), q, input_precision=PRECISION)
+            out_offs = offs_n[:, None] * D + offs_d[None, :]
+            tl.store(dk_base + out_offs, (dk * sm_scale).to(dk_base.dtype.element_ty), mask=kv_mask)
+            tl.store(dv_base + out_offs, dv.to(dv_base.dtype.element_ty), mask=kv_mask)
+
+    @triton.jit
+    def _prompt_attention_bwd_dkdv_kernel(
+        q_ptr, k_ptr, v_ptr,  # (F, H, L, d) each
+        kl_ptr, vl_ptr,  # (B, H, T_l, d)
+        kg_ptr, vg_ptr,  # (H, M, d)
+        ks_ptr, vs_ptr,  # (F, H, d)
+        do_ptr,  # (F, H, L, d) gradient of the output
+        lse_ptr,  # (F, H, L) contiguous float32, natural log
+        delta_ptr,  # (F, H, L) contiguous float32 from the dq kernel
+        dk_ptr, dv_ptr,  # (F, H, L, d) contiguous, k's dtype
+        dkl_ptr, dvl_ptr,  # (F, H, T_l, d) contiguous float32: each frame's share of the local-prompt gradients
+        dkg_ptr, dvg_ptr,  # (F, H, M, d) contiguous float32: each frame's share of the global-prompt gradients
+        dks_ptr, dvs_ptr,  # (F, H, d) contiguous, k's dtype
+        sq_f, sq_h, sq_l, sq_d, sk_f, sk_h, sk_l, sk_d, sv_f, sv_h, sv_l, sv_d,
+        skl_b, skl_h, skl_n, skl_d, svl_b, svl_h, svl_n, svl_d,
+        skg_h, skg_n, skg_d, svg_h, svg_n, svg_d,
+        sks_f, sks_h, sks_d, svs_f, svs_h, svs_d,
+        sdo_f, sdo_h, sdo_l, sdo_d,
+        H, L, D, frames_per_video, n_local, n_global, sm_scale,
+        HAS_LOCAL: tl.constexpr, HAS_GLOBAL: tl.constexpr, HAS_SUMMARY: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        """Grid (F * H, cdiv(L, BLOCK_N) + 3): per (frame, head), programs ``j < cdiv(L, BLOCK_N)`` own
+        one tile of its own keys; the next three its local prompts, the global prompts, its summary key."""
+        pid_fh = tl.program_id(0).to(tl.int64)
+        f = pid_fh // H
+        h = pid_fh % H
+        j = tl.program_id(1)
+        n_tiles = tl.cdiv(L, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d < D
+        q_base = q_ptr + f * sq_f + h * sq_h
+        do_base = do_ptr + f * sdo_f + h * sdo_h
+        lse_base = lse_ptr + pid_fh * L
+        delta_base = delta_ptr + pid_fh * L
+        if j < n_tiles:
+            _dkdv_source(k_ptr + f * sk_f + h * sk_h, v_ptr + f * sv_f + h * sv_h, sk_l, sk_d, sv_l, sv_d, L,
+                         dk_ptr + pid_fh * L * D, dv_ptr + pid_fh * L * D, q_base, do_base, sq_l, sq_d, sdo_l, sdo_d,
+                         lse_base, delta_base, L, D, sm_scale, offs_d, d_mask, j * BLOCK_N, j * BLOCK_N + 1,
+                         BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)
+        elif j == n_tiles:
+            if HAS_LOCAL:
+                b = f // frames_per_video
+                _dkdv_source(kl_ptr + b * skl_b + h * skl_h, vl_ptr + b * svl_b + h * svl_h, skl_n, skl_d, svl_n,
+                             svl_d, n_local, dkl_ptr + pid_fh * n_local * D, dvl_ptr + pid_fh * n_local * D, q_base,
+                             do_base, sq_l, sq_d, sdo_l, sdo_d, lse_base, delta_base, L, D, sm_scale, offs_d, d_mask,
+                             0, n_local, BLOCK_M, BLOCK_P, BLOCK_D, PRECISION)
+        elif j == n_tiles + 1:
+            if HAS_GLOBAL:
+                _dkdv_source(kg_ptr + h * skg_h, vg_ptr + h * svg_h, skg_n, skg_d, svg_n, svg_d, n_global,
+                             dkg_ptr + pid_fh * n_global * D, dvg_ptr + pid_fh * n_global * D, q_base, do_base,
+                             sq_l, sq_d, sdo_l, sdo_d, lse_base, delta_base, L, D, sm_scale, offs_d, d_mask,
+                             0, n_global, BLOCK_M, BLOCK_P, BLOCK_D, PRECISION)
+        else:
+            if HAS_SUMMARY:  # one key: row-wise products instead of padded tl.dots
+                qk_scale = sm_scale * 1.4426950408889634
+                ks = tl.load(ks_ptr + f * sks_f + h * sks_h + offs_d * sks_d, mask=d_mask, other=0.0).to(tl.float32)
+                vs = tl.load(vs_ptr + f * svs_f + h * svs_h + offs_d * svs_d, mask=d_mask, other=0.0).to(tl.float32)
+                dk = tl.zeros([BLOCK_D], dtype=tl.float32)
+                dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+                for start_m in range(0, L, BLOCK_M):
+                    offs_m = start_m + tl.arange(0, BLOCK_M)
+                    m_mask = offs_m < L
+                    md_mask = m_mask[:, None] & d_mask[None, :]
+                    q = tl.load(q_base + offs_m[:, None] * sq_l + offs_d[None, :] * sq_d, mask=md_mask,
+                                other=0.0).to(tl.float32)
+                    do = tl.load(do_base + offs_m[:, None] * sdo_l + offs_d[None, :] * sdo_d, mask=md_mask,
+                                 other=0.0).to(tl.float32)
+                    lse2 = tl.load(lse_base + offs_m, mask=m_mask, other=0.0) * 1.4426950408889634
+                    delta = tl.load(delta_base + offs_m, mask=m_mask, other=0.0)
+                    p = tl.where(m_mask, tl.exp2(tl.sum(q * ks[None, :], 1) * qk_scale - lse2), 0.0)
+                    ds = p * (tl.sum(do * vs[None, :], 1) - delta)
+                    dk += tl.sum(ds[:, None] * q, 0)
+                    dv += tl.sum(p[:, None] * do, 0)
+                tl.store(dks_ptr + pid_fh * D + offs_d, (dk * sm_scale).to(dks_ptr.dtype.element_ty), mask=d_mask)
+                tl.store(dvs_ptr + pid_fh * D + offs_d, dv.to(dvs_ptr.dtype.element_ty), mask=d_mask)
+
+
+# -- launchers ---------------------------------------------------------------------------------
+
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_NAMES = ("q", "k", "v", "k_local", "v_local", "k_global", "v_global", "k_summary", "v_summary")
+
+
+def _empty(shape, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Every launcher allocation goes through here (the tests swap in a NaN-filled version)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
+
+
+def _device_of(t: Tensor):
+    """Triton launches on the current CUDA device: make it ``t``'s."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _check_launch(tensors: dict) -> None:
+    """What the Triton kernels need beyond :func:`check_inputs`."""
+    if triton is None:
+        raise RuntimeError("prompt_attention: the Triton kernels need the `triton` package")
+    q = tensors["q"]
+    if q.dtype not in _KERNEL_DTYPES:
+        raise ValueError(f"prompt_attention: the Triton kernels take float16, bfloat16 or float32, q is {q.dtype}")
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.dtype != q.dtype or t.device != q.device:
+            raise ValueError(f"prompt_attention: {name} is {t.dtype} on {t.device}, q is {q.dtype} on {q.device}")
+    if q.device.type != "cuda" and not _interpreting():
+        raise ValueError(f"prompt_attention: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), "
+                         f"q is on {q.device}")
+    if q.shape[-1] > 128:
+        raise ValueError(f"prompt_attention: head_dim must be <= 128 for the Triton kernels, q is {tuple(q.shape)}")
+
+
+def _launch_config(q: Tensor, n_local: int, n_global: int, backward: bool = False) -> dict:
+    """Fixed tile heuristic (no autotuning), chosen so that no kernel spills registers when
+    compiled for sm_80/sm_90: power-of-two tiles >= 16 (tl.dot's smallest); float32 tiles are
+    small because "ieee" dots run on FMA units with large per-thread operand fragments."""
+    tokens, dim = q.shape[2], q.shape[3]
+    block_d = max(16, triton.next_power_of_2(dim))
+    if q.dtype == torch.float32:
+        block_m = block_n = 32 if block_d <= 64 and not backward else 16
+        num_warps = 4
+    elif block_d <= 64:
+        block_m = block_n = 64
+        num_warps = 8 if backward else 4
+    else:
+        block_m, block_n = (32, 32) if backward else (64, 32)
+        num_warps = 8
+    fit = max(16, triton.next_power_of_2(tokens))
+    return dict(BLOCK_M=min(block_m, fit), BLOCK_N=min(block_n, fit),
+                BLOCK_P=min(block_n, max(16, triton.next_power_of_2(max(n_local, n_global, 1)))),
+                BLOCK_D=block_d, PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps,
+                num_stages=2 if q.dtype == torch.float32 or backward else 3)
+
+
+def _source_args(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary) -> tuple[list, list, dict]:
+    """Pointer arguments (absent sources replaced by q, never read), their strides and the source flags."""
+    frames, heads = q.shape[:2]
+    has_local = k_local is not None and k_local.shape[2] > 0
+    has_global = k_global is not None and k_global.shape[1] > 0
+    has_summary = k_summary is not None
+    ptrs = [q, k, v, k_local if has_local else q, v_local if has_local else q, k_global if has_global else q,
+            v_global if has_global else q, k_summary if has_summary else q, v_summary if has_summary else q]
+    strides = [*q.stride(), *k.stride(), *v.stride(),
+               *(k_local.stride() if has_local else (0,) * 4), *(v_local.stride() if has_local else (0,) * 4),
+               *(k_global.stride() if has_global else (0,) * 3), *(v_global.stride() if has_global else (0,) * 3),
+               *(k_summary.stride() if has_summary else (0,) * 3), *(v_summary.stride() if has_summary else (0,) * 3)]
+    n_local = k_local.shape[2] if has_local else 0
+    n_global = k_global.shape[1] if has_global else 0
+    sizes = dict(frames_per_video=frames // k_local.shape[0] if has_local else 1, n_local=n_local,
+                 n_global=n_global, HAS_LOCAL=has_local, HAS_GLOBAL=has_global, HAS_SUMMARY=has_summary)
+    return ptrs, strides, sizes
+
+
+def prompt_attention_forward(q: Tensor, k: Tensor, v: Tensor, k_local: Tensor | None = None,
+                             v_local: Tensor | None = None, k_global: Tensor | None = None,
+                             v_global: Tensor | None = None, k_summary: Tensor | None = None,
+                             v_summary: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Triton forward: ``(out (F, H, L, d) contiguous in q's dtype, lse (F, H, L) float32)``.
+
+    Shapes as in the module docstring; any strides. One kernel launch.
+    """
+    sources = (q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
+    check_inputs(*sources)
+    _check_launch(dict(zip(_NAMES, sources)))
+    frames, heads, tokens, dim = q.shape
+    out = _empty((frames, heads, tokens, dim), q.dtype, q.device)
+    lse = _empty((frames, heads, tokens), torch.float32, q.device)
+    if out.numel() == 0:
+        return out, lse
+    ptrs, strides, sizes = _source_args(*sources)
+    config = _launch_config(q, sizes["n_local"], sizes["n_global"])
+    grid = (frames * heads, triton.cdiv(tokens, config["BLOCK_M"]))
+    with _device_of(q):
+        _prompt_attention_fwd_kernel[grid](*ptrs, out, lse, *strides, heads, tokens, dim,
+                                           sm_scale=1.0 / math.sqrt(dim), **sizes, **config)
+    return out, lse
+
+
+def prompt_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, k_local: Tensor | None,
+                              v_local: Tensor | None, k_global: Tensor | None, v_global: Tensor | None,
+                              k_summary: Tensor | None, v_summary: Tensor | None, out: Tensor,
+                              lse: Tensor) -> list[Tensor | None]:
+    """Triton backward: gradients of the nine inputs (``None`` for absent sources), contiguous.
+
+    Two kernel launches (dq + delta, then dk/dv of every source) and, for local and global
+    prompts, a float32 sum of the per-frame partial gradients (over the frames of each video,
+    resp. over all frames) done by torch.
+    """
+    sources = (q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
+    check_inputs(*sources)
+    _check_launch(dict(zip(_NAMES, sources)) | {"grad_out": grad_out, "out": out})
+    if grad_out.shape != q.shape or out.shape != q.shape:
+        raise ValueError(f"prompt_attention: grad_out {tuple(grad_out.shape)} and out {tuple(out.shape)} must "
+                         f"match q {tuple(q.shape)}")
+    if lse.shape != q.shape[:3] or lse.dtype != torch.float32 or lse.device != q.device:
+        raise ValueError(f"prompt_attention: lse must be {tuple(q.shape[:3])} float32 on {q.device}, "
+                         f"got {tuple(lse.shape)} {lse.dtype} on {lse.device}")
+    if q.numel() == 0:  # no queries (or no frames): nothing depends on the inputs
+        return [torch.zeros_like(t, memory_format=torch.contiguous_format) if t is not None else None
+                for t in sources]
+    frames, heads, tokens, dim = q.shape
+    device = q.device
+    ptrs, strides, sizes = _source_args(*sources)
+    n_local, n_global = sizes["n_local"], sizes["n_global"]
+    dq, dk, dv = (_empty(q.shape, q.dtype, device) for _ in range(3))
+    dkl_part, dvl_part = (_empty((frames, heads, n_local, dim), torch.float32, device) for _ in range(2))
+    dkg_part, dvg_part = (_empty((frames, heads, n_global, dim), torch.float32, device) for _ in range(2))
+    dks, dvs = (_empty((frames, heads, dim), q.dtype, device) for _ in range(2))
+    lse = lse.contiguous()
+    delta = _empty((frames, heads, tokens), torch.float32, device)
+    config = _launch_config(q, n_local, n_global, backward=True)
+    sm_scale = 1.0 / math.sqrt(dim)
+    with _device_of(q):
+        grid = (frames * heads, triton.cdiv(tokens, config["BLOCK_M"]))
+        _prompt_attention_bwd_dq_kernel[grid](*ptrs, out, grad_out, lse, delta, dq, *strides, *out.stride(),
+                                              *grad_out.stride(), heads, tokens, dim, sm_scale=sm_scale, **sizes,
+                                              **config)
+        grid = (frames * heads, triton.cdiv(tokens, config["BLOCK_N"]) + 3)
+        _prompt_attention_bwd_dkdv_kernel[grid](*ptrs, grad_out, lse, delta, dk, dv, dkl_part, dvl_part, dkg_part,
+                                                dvg_part, dks, dvs, *strides, *grad_out.stride(), heads, tokens, dim,
+                                                sm_scale=sm_scale, **sizes, **config)
+    grads = [dq, dk, dv, None, None, None, None, None, None]
+    if k_local is not None:
+        videos = k_local.shape[0]
+        grads[3:5] = [part.view(videos, frames // videos, heads, n_local, dim).sum(1).to(q.dtype)
+                      for part in (dkl_part, dvl_part)]
+    if k_global is not None:
+        grads[5:7] = [part.sum(0).to(q.dtype) for part in (dkg_part, dvg_part)]
+    if k_summary is not None:
+        grads[7:9] = [dks, dvs]
+    return grads
+
+
 # -- custom ops --------------------------------------------------------------------------------
 
 
@@ -166,6 +640,17 @@ def prompt_attention_op(q: Tensor, k: Tensor, v: Tensor, k_local: Tensor | None,
 @prompt_attention_op.register_fake
 def _(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary):
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=lse_dtype(q.dtype))
+
+
+if triton is not None:
+
+    @prompt_attention_op.register_kernel("cuda")
+    def _(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary):
+        if q.dtype == torch.float64:  # no float64 tile path: the composite
+            check_inputs(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
+            out, lse = _composite_forward(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
+            return out.contiguous(), lse.contiguous()
+        return prompt_attention_forward(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
 
 
 @torch.library.custom_op("vita_clip::prompt_attention_backward", mutates_args=())
@@ -184,6 +669,19 @@ def _(grad_out, q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summ
     sources = (q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
     return [torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else q.new_empty(0)
             for t in sources]
+
+
+if triton is not None:
+
+    @prompt_attention_backward_op.register_kernel("cuda")
+    def _(grad_out, q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary, out, lse):
+        if q.dtype == torch.float64:
+            grads = _composite_backward(grad_out.contiguous(), q, k, v, k_local, v_local, k_global, v_global,
+                                        k_summary, v_summary, out, lse)
+        else:
+            grads = prompt_attention_backward(grad_out, q, k, v, k_local, v_local, k_global, v_global, k_summary,
+                                              v_summary, out, lse)
+        return [g.contiguous() if g is not None else q.new_empty(0) for g in grads]
 
 
 def _setup_context(ctx, inputs, output):

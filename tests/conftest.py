@@ -2,6 +2,13 @@
 from __future__ import annotations
 
 import os
+
+# Without a GPU the Triton kernels run in Triton's interpreter: the switch must be set before
+# triton is first imported (vita_clip imports its kernels, hence triton, at import time).
+# Set TRITON_INTERPRET yourself to override.
+if "TRITON_INTERPRET" not in os.environ and not os.path.exists("/dev/nvidiactl"):
+    os.environ["TRITON_INTERPRET"] = "1"
+
 from pathlib import Path
 
 import pytest
