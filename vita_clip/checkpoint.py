@@ -106,7 +106,7 @@ def read_checkpoint(source) -> dict:
         from .engine.state import read_training_state  # a training checkpoint folder
 
         state, weights = read_training_state(source)
-        return {**state["model"], "kind": "vita-clip", "trainable_only": True, "state_dict": weights, "source": name}
+        return {**state["model"], "kind": "vita-clip", "state_dict": weights, "source": name}
     if isinstance(source, (str, os.PathLike)):
         if not os.path.isfile(source):
             raise FileNotFoundError(f"checkpoint file {name!r} does not exist")

@@ -23,12 +23,13 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 @dataclass
 class ModelSection:
-    """Which model to build: a :func:`vita_clip.create_model` name, its CLIP weights and any
-    config overrides (``options``, e.g. ``{train_cls_proj: false, text: {n_ctx: 16}}``).
+    """Which model to build: a :func:`vita_clip.create_model` name, its CLIP weights
+    (``"default"``: the named model's, e.g. ``openai``; ``null``: random), a checkpoint to
+    start from, and config overrides (``options``, e.g. ``{train_cls_proj: false}``).
     ``num_frames`` follows ``data.sampling.num_frames`` unless set in ``options``."""
 
     name: str = "vita-clip-b16"
-    pretrained: str | None = "openai"
+    pretrained: str | None = "default"
     checkpoint: str | None = None
     options: dict = field(default_factory=dict)
 

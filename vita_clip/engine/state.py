@@ -2,7 +2,8 @@
 
 ``<output_dir>/checkpoint-<step>/`` holds
 
-* ``model.safetensors``: the trainable tensors (the frozen CLIP comes from the model config);
+* ``model.safetensors``: the trainable tensors (the frozen CLIP comes from the model config's
+  pretrained weights), or every tensor when the backbone has no pretrained weights to rebuild it;
 * ``state.pt``: optimizer, scheduler and grad-scaler states, every RNG state, the step, the
   run config and what rebuilds the model (architecture, model config, class names). It
   loads with ``torch.load(weights_only=True)``.
@@ -81,7 +82,9 @@ def save_training_state(output_dir: str | os.PathLike, step: int, model: nn.Modu
     tmp = output_dir / f".tmp-checkpoint-{step:07d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    weights = {k: v.detach().cpu().contiguous() for k, v in trainable_state_dict(model).items()}
+    trainable_only = model.config.pretrained is not None
+    weights = trainable_state_dict(model) if trainable_only else model.state_dict()
+    weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     save_file(weights, str(tmp / MODEL_FILE), metadata={"format": FORMAT, "step": str(step)})
     state = {
         "step": step,
@@ -90,7 +93,7 @@ def save_training_state(output_dir: str | os.PathLike, step: int, model: nn.Modu
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_state(),
         "run_config": run_config,
-        "model": model_description(model),
+        "model": {**model_description(model), "trainable_only": trainable_only},
         "extra": extra or {},
     }
     with open(tmp / STATE_FILE, "wb") as f:
@@ -156,7 +159,8 @@ def restore_training_state(path: str | os.PathLike, model: nn.Module, optimizer,
     from ..checkpoint import load_weights
 
     state, weights = read_training_state(path)
-    load_weights(model, {"kind": "vita-clip", "state_dict": weights, "source": str(path), "trainable_only": True})
+    load_weights(model, {"kind": "vita-clip", "state_dict": weights, "source": str(path),
+                         "trainable_only": state["model"]["trainable_only"]})
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"] is not None:

@@ -1,0 +1,188 @@
+"""The video dataset: a list of videos, how to sample and transform them, and what to do with
+bad files.
+
+:class:`VideoDataset` is map-style, so it works with any sampler (``DistributedSampler``
+included) and in DataLoader workers. A sample is a dict::
+
+    {"video": float32 (T, 3, S, S) in training, (V, T, 3, S, S) at test, "label": int, "index": int}
+
+with ``V = num_clips * num_crops``. Everything random about sample ``i`` comes from
+``(config.seed, epoch, i)``: the same epoch gives the same clip in any worker, on any rank,
+with any backend. Set the epoch with :meth:`VideoDataset.set_epoch`, or pass ``(index, epoch)``
+pairs as keys (what :class:`~vita_clip.data.loader.VideoLoader` does, so that persistent
+workers see the right epoch too).
+
+Under ``on_error="skip"`` (the default) a bad video gives a :class:`SkippedSample` instead of a
+sample; :func:`~vita_clip.data.loader.collate_clips` moves it to the batch's ``"skipped"``
+list, and the loader lists all of them at the end of the epoch. Bad list lines are dropped
+when the list is read and kept in :attr:`VideoDataset.list_skipped`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .decode_cpu import VideoReader
+from .errors import SkippedSample, VideoDataError, check_on_error, format_skip_report
+from .lists import read_class_names, read_video_list
+from .sampling import SamplingConfig, sample_frame_indices, sample_rngs
+from .transforms import TransformConfig, transform_clip
+
+logger = logging.getLogger(__name__)
+BACKENDS = ("auto", "cpu", "dali")
+
+
+@dataclass
+class DataConfig:
+    """Everything about turning list lines into model inputs.
+
+    Attributes:
+        sampling: which frames (default: Vita-CLIP's 8 frames at stride 16).
+        transform: crops, augmentation, normalisation (default: Vita-CLIP's).
+        seed: base of every random choice (with the epoch and the sample index).
+        on_error: ``"skip"`` (default: leave bad videos out and report them) or ``"raise"``.
+        backend: ``"cpu"`` (PyAV in DataLoader workers), ``"dali"`` (NVIDIA DALI; GPU decoding
+            when CUDA is present, else DALI's CPU decoder, which reads VP8/VP9/MJPEG only) or
+            ``"auto"`` (DALI when CUDA and DALI are available, else CPU).
+        decode_threads: FFmpeg threads per video for the CPU backend (1 suits DataLoader workers).
+    """
+
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    transform: TransformConfig = field(default_factory=TransformConfig)
+    seed: int = 0
+    on_error: str = "skip"
+    backend: str = "auto"
+    decode_threads: int = 1
+
+    def __post_init__(self):
+        check_on_error(self.on_error)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+    @classmethod
+    def vita_clip(cls, num_frames: int = 8, stride: int = 16, num_clips: int = 3, num_crops: int = 1,
+                  size: int = 224, **kwargs) -> "DataConfig":
+        """Vita-CLIP's recipe: dense sampling, RandAugment + random-resized crop, no flip, CLIP
+        mean/std; test: ``num_clips`` x ``num_crops`` views (the original evaluates 3 x 1)."""
+        return cls(sampling=SamplingConfig(num_frames=num_frames, mode="dense", stride=stride, num_clips=num_clips),
+                   transform=TransformConfig(size=size, num_crops=num_crops), **kwargs)
+
+    @classmethod
+    def vifi_clip(cls, num_frames: int = 16, num_clips: int = 1, num_crops: int = 1, size: int = 224,
+                  **kwargs) -> "DataConfig":
+        """ViFi-CLIP's recipe: TSN segment sampling, multi-scale crop, flip, colour jitter,
+        ImageNet mean/std; test: segment centres, short side 256 and a centre crop (1 view)."""
+        return cls(sampling=SamplingConfig(num_frames=num_frames, mode="segment", num_clips=num_clips),
+                   transform=TransformConfig.vifi_clip(size=size, num_crops=num_crops), **kwargs)
+
+
+def resolve_backend(backend: str) -> str:
+    """``"auto"`` -> ``"dali"`` when CUDA and DALI are usable, else ``"cpu"``."""
+    if backend != "auto":
+        return backend
+    if not torch.cuda.is_available():
+        return "cpu"
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return "cpu"
+    return "dali"
+
+
+def plan_clip(config: DataConfig, train: bool, index: int, epoch: int, num_video_frames: int
+              ) -> tuple[np.ndarray, np.random.Generator]:
+    """Frame indices ``(temporal views, T)`` of sample ``index`` in ``epoch`` and the generator of
+    its augmentation: a pure function of its arguments, shared by every backend."""
+    frames_rng, augment_rng = sample_rngs(config.seed, epoch, index)
+    return sample_frame_indices(num_video_frames, config.sampling, train, frames_rng), augment_rng
+
+
+def load_clip(path: str | os.PathLike, config: DataConfig | None = None, train: bool = False, index: int = 0,
+              epoch: int = 0) -> torch.Tensor:
+    """One video file, decoded on the CPU, as model input: ``(T, 3, S, S)`` in training,
+    ``(V, T, 3, S, S)`` at test. Raises :class:`VideoDataError` naming the file if it cannot be read."""
+    config = config or DataConfig()
+    with VideoReader(path, threads=config.decode_threads) as reader:
+        frame_indices, augment_rng = plan_clip(config, train, index, epoch, reader.num_frames)
+        frames = reader.read(frame_indices.reshape(-1))
+    video = transform_clip(torch.from_numpy(frames), frame_indices.shape[0], config.transform, train, augment_rng)
+    return video[0] if train else video
+
+
+class VideoDataset(torch.utils.data.Dataset):
+    """Videos of a list file, decoded, sampled and transformed for a model.
+
+    Args:
+        list_file: ``path label`` or ``path,label`` lines (see :mod:`vita_clip.data.lists`).
+        data_root: folder that relative paths in the list are joined onto.
+        classes: the class names (a list, or a class-name file); labels are checked against
+            them. ``None`` accepts any label >= 0.
+        train: training sampling and augmentation, or deterministic multi-view test views.
+        config: a :class:`DataConfig` (default: Vita-CLIP's recipe, skip-and-report).
+    """
+
+    def __init__(self, list_file: str | os.PathLike, data_root: str | os.PathLike = "",
+                 classes: Sequence[str] | str | os.PathLike | None = None, train: bool = True,
+                 config: DataConfig | None = None):
+        self.config = config or DataConfig()
+        self.train = train
+        self.epoch = 0
+        if isinstance(classes, (str, os.PathLike)):
+            classes = read_class_names(classes)
+        self.classes = list(classes) if classes is not None else None
+        parsed = read_video_list(list_file, data_root, num_classes=len(self.classes) if self.classes else None,
+                                 on_error=self.config.on_error)
+        self.entries = parsed.entries
+        self.list_skipped: list[SkippedSample] = parsed.skipped
+        if self.list_skipped:
+            logger.warning(format_skip_report(self.list_skipped, f"{list_file}: lines skipped"))
+        if not self.entries:
+            raise VideoDataError(str(list_file), "the list has no usable videos")
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose random clips and augmentations :meth:`__getitem__` returns."""
+        self.epoch = int(epoch)
+
+    @property
+    def num_views(self) -> int:
+        """Views per video: 1 in training, ``num_clips * num_crops`` at test."""
+        return 1 if self.train else self.config.sampling.num_clips * self.config.transform.num_crops
+
+    # -- the steps of one sample, shared by every backend
+
+    def plan(self, index: int, num_video_frames: int, epoch: int | None = None
+             ) -> tuple[np.ndarray, np.random.Generator]:
+        """Frame indices ``(temporal views, T)`` of sample ``index`` and the generator of its augmentation."""
+        return plan_clip(self.config, self.train, index, self.epoch if epoch is None else epoch, num_video_frames)
+
+    def finish(self, index: int, frames_u8: torch.Tensor, frame_indices: np.ndarray,
+               augment_rng: np.random.Generator) -> dict:
+        """Decoded uint8 frames ``(views * T, H, W, 3)`` (any device) -> the sample dict."""
+        video = transform_clip(frames_u8, frame_indices.shape[0], self.config.transform, self.train, augment_rng)
+        return {"video": video[0] if self.train else video, "label": self.entries[index].label, "index": index}
+
+    def load(self, index: int, epoch: int | None = None) -> dict:
+        """Sample ``index`` with the CPU decoder; raises :class:`VideoDataError` for a bad video."""
+        video = load_clip(self.entries[index].path, self.config, self.train, index,
+                          self.epoch if epoch is None else epoch)
+        return {"video": video, "label": self.entries[index].label, "index": index}
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | SkippedSample:
+        index, epoch = key if isinstance(key, tuple) else (key, None)
+        try:
+            return self.load(index, epoch)
+        except VideoDataError as e:
+            if self.config.on_error == "raise":
+                raise
+            logger.warning("skipping %s", e)
+            return SkippedSample.from_error(e, index)

@@ -1,0 +1,185 @@
+"""Video lists and class-name files in the formats users already have.
+
+Video lists, one video per line, no header:
+
+* ``path label`` (space separated; ViFi-CLIP / MMAction2 style), and
+* ``path,label`` (comma separated; the original Vita-CLIP style).
+
+Both may appear in one file. The label is split off at the *last* separator, so paths may
+contain spaces or commas. Relative paths are joined onto ``data_root``; blank lines are ignored.
+
+Class-name files: a CSV with an ``id,name`` header (ViFi-CLIP's ``labels/*.csv``), a JSON list
+(``k400_class_mappings.json``), or plain text with one name per line (``k400_classes.txt``).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import SkippedSample, VideoDataError, check_on_error
+
+
+@dataclass(frozen=True)
+class VideoEntry:
+    """One usable list line: the video's full path, its integer label, and where it came from."""
+
+    path: str
+    label: int
+    list_file: str
+    line: int
+
+
+@dataclass
+class VideoList:
+    """A parsed video list: the usable ``entries`` and the lines left out (``skipped``)."""
+
+    entries: list[VideoEntry]
+    skipped: list[SkippedSample] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def _split_line(text: str) -> tuple[str, str] | None:
+    """(path, label text) of a list line, or None if it has no separator."""
+    if "," in text:
+        path, label = text.rsplit(",", 1)
+        if label.strip().lstrip("-").isdigit():
+            return path.strip(), label.strip()
+    parts = text.rsplit(None, 1)
+    if len(parts) == 2:
+        return parts[0].strip(), parts[1]
+    return None
+
+
+def parse_list_line(text: str, list_file: str, line: int, data_root: str = "",
+                    num_classes: int | None = None) -> VideoEntry:
+    """Parse one non-blank list line, or raise :class:`VideoDataError` naming the file and line."""
+    split = _split_line(text)
+    if split is None:
+        raise VideoDataError(list_file, f"expected '<path> <label>' or '<path>,<label>', got {text!r}", line)
+    path, label_text = split
+    fields = text.split()
+    if len(fields) >= 3 and fields[-2].isdigit():
+        raise VideoDataError(list_file, f"{text!r} looks like 'path num_frames label' (a frame-folder list); "
+                             "expected '<path> <label>'", line)
+    try:
+        label = int(label_text)
+    except ValueError:
+        raise VideoDataError(list_file, f"the label must be an integer, got {label_text!r} in {text!r}", line) from None
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+        raise VideoDataError(list_file, f"label {label} of {path!r} is outside the class list, expected {bound}", line)
+    return VideoEntry(path=os.path.join(data_root, path), label=label, list_file=list_file, line=line)
+
+
+def read_video_list(list_file: str | os.PathLike, data_root: str | os.PathLike = "",
+                    num_classes: int | None = None, on_error: str = "raise") -> VideoList:
+    """Read a video list.
+
+    Args:
+        list_file: the list (formats in the module docstring).
+        data_root: folder that relative paths are joined onto.
+        num_classes: if given, labels must lie in ``[0, num_classes)``.
+        on_error: ``"raise"`` stops at the first bad line; ``"skip"`` leaves it out and records
+            it in ``VideoList.skipped``.
+    """
+    check_on_error(on_error)
+    list_file = str(list_file)
+    try:
+        with open(list_file, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise VideoDataError(list_file, f"cannot read the video list ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise VideoDataError(list_file, "the video list is not UTF-8 text") from None
+
+    result = VideoList(entries=[])
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            result.entries.append(parse_list_line(text, list_file, number, str(data_root), num_classes))
+        except VideoDataError as e:
+            if on_error == "raise":
+                raise
+            result.skipped.append(SkippedSample.from_error(e))
+    return result
+
+
+def read_class_names(path: str | os.PathLike) -> list[str]:
+    """Class names, in label order, from an ``id,name`` CSV, a JSON list or a one-per-line file.
+
+    CSV ids must be exactly ``0 .. n-1`` (in any row order); names are returned as written
+    (UCF101 keeps CamelCase, HMDB51's text list keeps underscores).
+    """
+    path = str(path)
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            text = f.read()
+    except OSError as e:
+        raise VideoDataError(path, f"cannot read the class-name file ({e.strerror or e})") from None
+
+    if path.endswith(".json"):
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise VideoDataError(path, f"invalid JSON ({e.msg})", e.lineno) from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise VideoDataError(path, "expected a JSON list of class-name strings")
+    elif path.endswith(".csv"):
+        names = _read_class_csv(path, text)
+    else:
+        names = [line.strip() for line in text.splitlines()]
+        for number, name in enumerate(names, start=1):
+            if not name and any(names[number:]):
+                raise VideoDataError(path, "empty class name (one name per line expected)", number)
+        while names and not names[-1]:
+            names.pop()
+
+    if not names:
+        raise VideoDataError(path, "no class names found")
+    return names
+
+
+def _read_class_csv(path: str, text: str) -> list[str]:
+    rows = list(csv.reader(text.splitlines()))
+    if not rows or [c.strip() for c in rows[0]] != ["id", "name"]:
+        raise VideoDataError(path, f"expected the header 'id,name', got {','.join(rows[0]) if rows else ''!r}", 1)
+    by_id: dict[int, str] = {}
+    for number, row in enumerate(rows[1:], start=2):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != 2:
+            raise VideoDataError(path, f"expected 2 columns 'id,name', got {len(row)}: {row!r}", number)
+        try:
+            class_id = int(row[0])
+        except ValueError:
+            raise VideoDataError(path, f"the id must be an integer, got {row[0]!r}", number) from None
+        if class_id in by_id:
+            raise VideoDataError(path, f"duplicate id {class_id}", number)
+        by_id[class_id] = row[1].strip()
+    if sorted(by_id) != list(range(len(by_id))):
+        missing = sorted(set(range(len(by_id))) - set(by_id))
+        raise VideoDataError(path, f"ids must be 0..{len(by_id) - 1} without gaps; missing {missing[:5]}")
+    return [by_id[i] for i in range(len(by_id))]
+
+
+def write_video_list(path: str | os.PathLike, items: list[tuple[str, int]]) -> Path:
+    """Write ``path label`` lines (the space style every reader here accepts)."""
+    path = Path(path)
+    path.write_text("".join(f"{p} {label}\n" for p, label in items), encoding="utf-8")
+    return path
+
+
+def write_class_csv(path: str | os.PathLike, names: list[str]) -> Path:
+    """Write an ``id,name`` CSV."""
+    path = Path(path)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["id", "name"])
+        writer.writerows(enumerate(names))
+    return path

@@ -1,0 +1,174 @@
+"""Batches for training and evaluation, with epochs and a list of what was skipped.
+
+:class:`VideoLoader` wraps a :class:`~vita_clip.data.dataset.VideoDataset` for either backend:
+
+* ``cpu``: a torch ``DataLoader`` over the dataset (PyAV decoding in the workers);
+* ``dali``: :class:`~vita_clip.data.decode_dali.DaliDecoder` decodes each batch in the main
+  process, on the GPU when there is one; the same transforms then run where the frames are.
+
+Both yield the same batches for the same (seed, epoch, sampler)::
+
+    {"video": (B, T, 3, S, S) or (B, V, T, 3, S, S), "label": (B,) int64, "index": (B,) int64,
+     "skipped": [SkippedSample, ...]}
+
+Batches whose videos were all skipped are not yielded; every skipped video is listed in
+:attr:`VideoLoader.skipped` (this epoch) and by :meth:`VideoLoader.report`.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
+
+from .dataset import VideoDataset, resolve_backend
+from .errors import SkippedSample, format_skip_report
+
+logger = logging.getLogger(__name__)
+
+
+def collate_clips(samples: list[dict | SkippedSample]) -> dict:
+    """Stack samples into a batch; skipped samples go to ``batch["skipped"]`` (``video`` is
+    ``None`` when all of them were skipped)."""
+    kept = [s for s in samples if not isinstance(s, SkippedSample)]
+    skipped = [s for s in samples if isinstance(s, SkippedSample)]
+    if not kept:
+        return {"video": None, "label": None, "index": None, "skipped": skipped}
+    return {
+        "video": torch.stack([s["video"] for s in kept]),
+        "label": torch.tensor([s["label"] for s in kept], dtype=torch.int64),
+        "index": torch.tensor([s["index"] for s in kept], dtype=torch.int64),
+        "skipped": skipped,
+    }
+
+
+class _WithEpoch(Sampler):
+    """Yields ``(index, epoch)`` so that the epoch reaches persistent workers too."""
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((int(i), epoch) for i in self.sampler)
+
+    def __len__(self):
+        return len(self.sampler)
+
+
+class VideoLoader:
+    """Iterate over batches of a :class:`VideoDataset`, epoch by epoch.
+
+    Args:
+        dataset: the dataset (its ``config.backend`` is used unless ``backend`` is given).
+        batch_size: videos per batch (fewer when some are skipped).
+        shuffle: shuffle every epoch (default: ``dataset.train``), reproducibly from
+            ``(config.seed, epoch)``. Ignored when a ``sampler`` is given.
+        sampler: e.g. a ``DistributedSampler``; its ``set_epoch`` is called by :meth:`set_epoch`.
+        drop_last: drop the last incomplete batch (default: ``dataset.train``).
+        num_workers, pin_memory, persistent_workers, prefetch_factor: as for ``DataLoader``
+            (CPU backend only).
+        backend: ``"cpu"``, ``"dali"`` or ``"auto"``.
+        device: DALI backend: CUDA device index (default: the current one); ``None`` on machines
+            without CUDA (DALI's CPU decoder).
+
+    Use::
+
+        loader = VideoLoader(dataset, batch_size=8, num_workers=4)
+        for epoch in range(epochs):
+            loader.set_epoch(epoch)
+            for batch in loader:
+                ...
+            print(loader.report())
+    """
+
+    def __init__(self, dataset: VideoDataset, batch_size: int, shuffle: bool | None = None,
+                 sampler: Sampler | None = None, drop_last: bool | None = None, num_workers: int = 0,
+                 pin_memory: bool = False, persistent_workers: bool = False, prefetch_factor: int | None = None,
+                 backend: str | None = None, device: int | None = -1):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.backend = resolve_backend(backend or dataset.config.backend)
+        self.epoch = 0
+        self.skipped: list[SkippedSample] = []
+        shuffle = dataset.train if shuffle is None else shuffle
+        drop_last = dataset.train if drop_last is None else drop_last
+        if sampler is None:
+            self._generator = torch.Generator()
+            sampler = RandomSampler(dataset, generator=self._generator) if shuffle else SequentialSampler(dataset)
+        else:
+            self._generator = None
+        self.sampler = sampler
+        self._drop_last = drop_last
+        if self.backend == "cpu":
+            # not a reference to self: a cycle would leave persistent workers to the garbage
+            # collector, whose shutdown of them waits for timeouts
+            self._keys = _WithEpoch(sampler)
+            self._loader = DataLoader(
+                dataset, batch_size=batch_size, sampler=self._keys, drop_last=drop_last,
+                num_workers=num_workers, collate_fn=collate_clips, pin_memory=pin_memory,
+                persistent_workers=persistent_workers and num_workers > 0,
+                prefetch_factor=prefetch_factor if num_workers > 0 else None)
+        elif self.backend == "dali":
+            from .decode_dali import DaliDecoder  # DALI is an optional dependency
+
+            if device == -1:
+                device = torch.cuda.current_device() if torch.cuda.is_available() else None
+            self._decoder = DaliDecoder(dataset, batch_size=batch_size, device=device)
+        else:
+            raise ValueError(f"backend must be 'cpu', 'dali' or 'auto', got {self.backend!r}")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch``: new random clips, a new shuffle order, a fresh skip list."""
+        self.epoch = int(epoch)
+        if self.backend == "cpu":
+            self._keys.epoch = self.epoch
+        self.dataset.set_epoch(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        if self.backend == "cpu":
+            return len(self._loader)
+        n = len(self.sampler)
+        return n // self.batch_size if self._drop_last else -(-n // self.batch_size)
+
+    def _index_batches(self) -> Iterator[list[int]]:
+        batch: list[int] = []
+        for i in self.sampler:
+            batch.append(int(i))
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch and not self._drop_last:
+            yield batch
+
+    def __iter__(self) -> Iterator[dict]:
+        self.skipped = []
+        if self._generator is not None:
+            self._generator.manual_seed(int(np.random.SeedSequence([self.dataset.config.seed, self.epoch])
+                                            .generate_state(1)[0]))
+        if self.backend == "cpu":
+            batches = iter(self._loader)
+        else:
+            batches = (self._decoder.decode_batch(indices, self.epoch) for indices in self._index_batches())
+        try:
+            for batch in batches:
+                self.skipped.extend(batch["skipped"])
+                if batch["video"] is not None:
+                    yield batch
+        finally:
+            # After an error or an early break torch leaves its worker processes to the garbage
+            # collector, whose shutdown waits seconds per worker: stop them now.
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None and not self._loader.persistent_workers:
+                shutdown()
+        if self.skipped:
+            logger.warning(format_skip_report(self.skipped, f"epoch {self.epoch}: videos skipped"))
+
+    def report(self) -> str:
+        """Bad list lines of the dataset and the videos skipped in the last epoch, one per line."""
+        return "\n".join([format_skip_report(self.dataset.list_skipped, "list lines skipped"),
+                          format_skip_report(self.skipped, f"videos skipped in epoch {self.epoch}")])

@@ -1,0 +1,103 @@
+"""The published class lists and evaluation splits, shipped inside the package, found by name.
+
+Files under ``vita_clip/resources/`` (see its README for provenance):
+
+* ``labels/*.csv`` (``id,name``): ViFi-CLIP's class lists, including the base/novel halves
+  (re-indexed from 0 within each half) and the three 160-class K600 zero-shot splits;
+* ``classes/*.txt``: Vita-CLIP's one-name-per-line lists (HMDB51 with underscores);
+* ``splits/**.txt`` (``path label``): zero-shot, base-to-novel and few-shot-base splits.
+
+Names (see :func:`available`):
+
+* class lists: ``k400``, ``k600``, ``ucf101``, ``hmdb51``, ``ssv2``, ``<dataset>/base``,
+  ``<dataset>/novel`` (all but k600), ``k600/zs_split{1,2,3}``, ``vita/<dataset>`` (k400, k600,
+  ucf101, hmdb51);
+* splits: ``ucf101/val{1,2,3}``, ``hmdb51/val{1,2,3}``, ``k600/zs_split{1,2,3}``,
+  ``ssv2/validation``, ``base2novel/<dataset>/{base_train,base_val,novel_val,fs_base_s{1,2,3}_train}``
+  (no ``base_train`` for k400: use ``fs_base_s*_train``).
+
+Each split knows the class list its labels index (:func:`split_classes`). Video paths in the
+splits are relative: give the folder holding your copy of the videos as ``data_root``.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from .lists import read_class_names
+
+_B2N_DATASETS = {"k400": "k400", "hmdb51": "hmdb", "ucf101": "ucf", "ssv2": "ssv2"}
+
+LABEL_FILES: dict[str, str] = {
+    "k400": "labels/kinetics_400_labels.csv",
+    "k400/base": "labels/kinetics_400_base_labels.csv",
+    "k400/novel": "labels/kinetics_400_novel_labels.csv",
+    "k600": "labels/kinetics_600_labels.csv",
+    "ucf101": "labels/ucf_101_labels.csv",
+    "ucf101/base": "labels/ucf_101_base_labels.csv",
+    "ucf101/novel": "labels/ucf_101_novel_labels.csv",
+    "hmdb51": "labels/hmdb_51_labels.csv",
+    "hmdb51/base": "labels/hmdb_51_base_labels.csv",
+    "hmdb51/novel": "labels/hmdb_51_novel_labels.csv",
+    "ssv2": "labels/ssv2_labels.csv",
+    "ssv2/base": "labels/ssv2_174_base_labels.csv",
+    "ssv2/novel": "labels/ssv2_174_novel_labels.csv",
+    **{f"k600/zs_split{k}": f"labels/ZS_split{k}_K600.csv" for k in (1, 2, 3)},
+    **{f"vita/{d}": f"classes/{d}_classes.txt" for d in ("k400", "k600", "ucf101", "hmdb51")},
+}
+
+# split name -> (file, name of the class list its labels index)
+SPLIT_FILES: dict[str, tuple[str, str]] = {
+    **{f"ucf101/val{k}": (f"splits/ucf_splits/val{k}.txt", "ucf101") for k in (1, 2, 3)},
+    **{f"hmdb51/val{k}": (f"splits/hmdb_splits/val{k}.txt", "hmdb51") for k in (1, 2, 3)},
+    **{f"k600/zs_split{k}": (f"splits/k600_splits/ZS_split{k}_K600_eval.txt", f"k600/zs_split{k}")
+       for k in (1, 2, 3)},
+    "ssv2/validation": ("splits/ssv2_splits/validation.txt", "ssv2"),
+}
+for _name, _folder in _B2N_DATASETS.items():
+    _splits = ["base_val", "novel_val"] + [f"fs_base_s{k}_train" for k in (1, 2, 3)]
+    if _name != "k400":  # not published: the K400 base-train list is the full K400 train subset
+        _splits.append("base_train")
+    for _split in _splits:
+        _half = "novel" if _split.startswith("novel") else "base"
+        SPLIT_FILES[f"base2novel/{_name}/{_split}"] = (
+            f"splits/base2novel_splits/{_folder}_splits/{_split}.txt", f"{_name}/{_half}")
+
+
+def _resource(relative: str) -> Path:
+    path = Path(str(resources.files("vita_clip").joinpath("resources", relative)))
+    if not path.is_file():
+        raise FileNotFoundError(f"packaged resource {relative!r} is missing from {path.parent}: "
+                                "reinstall vita-clip (the package data was not installed)")
+    return path
+
+
+def _lookup(table: dict, name: str, kind: str):
+    if name not in table:
+        raise KeyError(f"unknown {kind} {name!r}; known: {', '.join(sorted(table))}")
+    return table[name]
+
+
+def label_file(name: str) -> Path:
+    """Path of a shipped class-name file, e.g. ``label_file("k400")``."""
+    return _resource(_lookup(LABEL_FILES, name, "class list"))
+
+
+def class_names(name: str) -> list[str]:
+    """The class names of a shipped class list, in label order."""
+    return read_class_names(label_file(name))
+
+
+def split_file(name: str) -> Path:
+    """Path of a shipped split (``path label`` lines), e.g. ``split_file("ucf101/val1")``."""
+    return _resource(_lookup(SPLIT_FILES, name, "split")[0])
+
+
+def split_classes(name: str) -> str:
+    """Name of the class list that a split's labels index, e.g. ``"k600/zs_split2"``."""
+    return _lookup(SPLIT_FILES, name, "split")[1]
+
+
+def available() -> dict[str, list[str]]:
+    """All shipped names: ``{"class_lists": [...], "splits": [...]}``."""
+    return {"class_lists": sorted(LABEL_FILES), "splits": sorted(SPLIT_FILES)}

@@ -1,0 +1,76 @@
+"""Multi-view evaluation: every test view of a video through the model, softmax averaged."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..data.dataset import VideoDataset
+from ..data.errors import SkippedSample
+from ..data.loader import VideoLoader
+from .distributed import DistInfo, all_reduce_sum
+from .metrics import topk_correct
+from .step import autocast_context
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Process ``rank`` of ``world`` evaluates videos ``rank, rank + world, ...`` (no padding,
+    so no video is counted twice)."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1):
+        self.indices = list(range(rank, size, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass
+class EvalResult:
+    top1: float
+    top5: float
+    videos: int
+    skipped: list[SkippedSample] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"top1": self.top1, "top5": self.top5, "videos": self.videos, "skipped": len(self.skipped)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: VideoDataset, batch_size: int = 4, device: torch.device | None = None,
+             precision: str = "fp32", dist_info: DistInfo | None = None, num_workers: int = 0,
+             progress=None) -> EvalResult:
+    """Top-1/top-5 accuracy (%) of ``model`` on ``dataset`` (test views) against the model's
+    current classes. Each video's ``V = clips x crops`` views are classified together and
+    their softmax probabilities averaged (the published protocol)."""
+    dist_info = dist_info or DistInfo()
+    device = device or next(model.parameters()).device
+    if dataset.train:
+        raise ValueError("evaluate() needs a dataset built with train=False (deterministic test views)")
+    was_training = model.training
+    model.eval()
+    loader = VideoLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), dist_info.rank,
+                         dist_info.world_size), num_workers=num_workers, drop_last=False)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, videos
+    with autocast_context(device, precision):
+        text = model.class_text_features()
+    for batch in loader:
+        views = batch["video"].to(device, non_blocking=True)
+        b, v = views.shape[:2]
+        with autocast_context(device, precision):
+            logits = model(views.flatten(0, 1), text_features=text)
+        probs = logits.float().softmax(dim=-1).view(b, v, -1).mean(dim=1)
+        hits = topk_correct(probs, batch["label"].to(device), ks=(1, 5))
+        totals += torch.tensor([hits[1], hits[5], b], dtype=torch.float64, device=device)
+        if progress is not None:
+            progress.update(b)
+    all_reduce_sum(totals, dist_info)
+    model.train(was_training)
+    n = int(totals[2])
+    if n == 0:
+        raise RuntimeError(f"no video of the evaluation set could be read ({len(loader.skipped)} skipped)")
+    return EvalResult(top1=100 * float(totals[0]) / n, top5=100 * float(totals[1]) / n, videos=n,
+                      skipped=list(loader.skipped))

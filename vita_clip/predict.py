@@ -1,0 +1,128 @@
+"""``python -m vita_clip.predict``: classify your own videos with your own class names.
+
+    python -m vita_clip.predict clip1.mp4 clip2.webm --classes "surfing,juggling,cooking"
+    python -m vita_clip.predict clip.mp4 --classes-file my_classes.txt --checkpoint runs/k400/model.pt
+    python -m vita_clip.predict clip.mp4 --classes "a,b" --model vita-clip-b16 --pretrained /weights/ViT-B-16.pt
+
+Without ``--checkpoint`` this is zero-shot CLIP (``--model``, default ``vifi-clip-b16`` with the
+OpenAI weights: frame-wise CLIP averaged over time, "a photo of a {}." prompts). With a trained
+checkpoint, its own prompts are used for classes it was trained on and hand-written templates
+(``--templates``) for others. Runs on a CPU. The same is available in Python::
+
+    from vita_clip.predict import predict
+    predict(["clip.mp4"], ["surfing", "juggling"], checkpoint="runs/k400/model.pt")
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .data.dataset import load_clip
+from .data.errors import VideoDataError
+from .errors import PretrainedWeightsUnavailable
+
+
+@dataclass
+class Prediction:
+    video: str
+    top: list[tuple[str, float]]  # (class name, probability), most likely first
+
+    def as_dict(self) -> dict:
+        return {"video": self.video, "top": [{"class": c, "probability": p} for c, p in self.top]}
+
+
+def load_predictor(checkpoint: str | os.PathLike | None = None, model: str | None = None,
+                   pretrained: str | None = None, classes: Sequence[str] = ("placeholder",)):
+    from . import factory
+
+    kwargs = {"pretrained": pretrained} if pretrained is not None else {}
+    if checkpoint is not None and model is None:
+        return factory.load_model(checkpoint, **kwargs)
+    return factory.create_model(model or "vifi-clip-b16", list(classes), checkpoint=checkpoint, **kwargs)
+
+
+@torch.no_grad()
+def predict(videos: Sequence[str | os.PathLike], classes: Sequence[str], *, checkpoint=None, model=None,
+            pretrained: str | None = None, templates: str | Sequence[str] | None = None, topk: int = 5,
+            views: tuple[int, int] = (1, 1), frames: int | None = None, device: str | None = None
+            ) -> list[Prediction]:
+    """Top-``topk`` classes of each video with their probabilities.
+
+    ``model`` may also be an already built VitaCLIP/ViFiCLIP instance. Raises
+    :class:`~vita_clip.data.VideoDataError` naming the video that cannot be read.
+    """
+    from .eval import default_data_config, run_data_config, use_classes
+
+    classes = [c.strip() for c in classes if c.strip()]
+    if not classes:
+        raise ValueError("no class names given")
+    if isinstance(model, torch.nn.Module):
+        net = model
+    else:
+        net = load_predictor(checkpoint, model, pretrained, classes)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    net.to(device).eval()
+    use_classes(net, classes, templates)
+    data = run_data_config(str(checkpoint) if checkpoint else None) or default_data_config(net, frames)
+    data = replace(data, sampling=replace(data.sampling, num_clips=views[0], **({"num_frames": frames} if frames else {})),
+                   transform=replace(data.transform, num_crops=views[1]), on_error="raise")
+    text = net.class_text_features()
+    out = []
+    for video in videos:
+        clip = load_clip(video, data)  # (V, T, 3, S, S)
+        probs = net(clip.to(device), text_features=text).float().softmax(-1).mean(0)
+        values, indices = probs.topk(min(topk, len(classes)))
+        out.append(Prediction(str(video), [(classes[i], float(v)) for v, i in zip(values, indices)]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vita_clip.predict", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("videos", nargs="+", help="video files")
+    names = parser.add_mutually_exclusive_group(required=True)
+    names.add_argument("--classes", help='comma-separated class names, e.g. "surfing,juggling"')
+    names.add_argument("--classes-file", help="class names: one per line, an id,name CSV or a JSON list")
+    parser.add_argument("--checkpoint", help="a vita-clip checkpoint (or, with --model, an original one)")
+    parser.add_argument("--model", help="model to build without a vita-clip checkpoint (default: vifi-clip-b16)")
+    parser.add_argument("--pretrained", help="CLIP weights: open_clip tag (default: the model's) or a local file")
+    parser.add_argument("--templates", help="class_only, a_photo_of, video, or a template string with {}")
+    parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--views", default="1x1", help="temporal clips x spatial crops, e.g. 3x1")
+    parser.add_argument("--frames", type=int, help="frames per clip (default: the model's)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    from .eval import parse_views
+    from .data.lists import read_class_names
+
+    try:
+        classes = args.classes.split(",") if args.classes else read_class_names(args.classes_file)
+        for video in args.videos:
+            if not Path(video).is_file():
+                raise FileNotFoundError(f"{video}: no such video file")
+        results = predict(args.videos, classes, checkpoint=args.checkpoint, model=args.model,
+                          pretrained=args.pretrained, templates=args.templates, topk=args.topk,
+                          views=parse_views(args.views), frames=args.frames)
+    except (ValueError, FileNotFoundError, VideoDataError, PretrainedWeightsUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            print(r.video)
+            for name, p in r.top:
+                print(f"  {p:7.2%}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
