@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.py
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m vita_clip.summary
+	$(BIN)/python -m vita_clip.train --fused
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests/ -q

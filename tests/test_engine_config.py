@@ -53,3 +53,12 @@ def test_bad_files(tmp_path):
     (tmp_path / "unknown.yaml").write_text("optim:\n  momentum: 0.9\n")
     with pytest.raises(ValueError, match=r"unknown.yaml: unknown config key 'optim.momentum'"):
         load_config(tmp_path / "unknown.yaml")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in __import__("pathlib").Path(__file__).parents[1].joinpath(
+    "vita_clip", "configs").glob("*.yaml")))
+def test_every_shipped_config_loads(name):
+    from vita_clip.train import config_path
+
+    config = load_config(config_path(name))
+    assert config.output_dir and config.steps >= 1

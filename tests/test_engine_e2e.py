@@ -95,7 +95,7 @@ def test_bad_runs_fail_clearly(demo, tmp_path):
     values = run_config(demo, tmp_path / "r")
     values["data"]["train_list"] = str(tmp_path / "nope.txt")
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(values))
-    with pytest.raises(FileNotFoundError, match="data.train_list: .*nope.txt"):
+    with pytest.raises(FileNotFoundError, match="data.train_list: .*nope.txt. is neither a file"):
         train(load_config(tmp_path / "a.yaml"))
     values = run_config(demo, tmp_path / "r")
     values["data"]["transform"]["size"] = 64

@@ -15,7 +15,7 @@ from .convert import vita_config_overrides
 from .vifi import ViFiCLIP
 from .vita import VitaCLIP
 
-# name -> (config class, preset fields). Presets follow the published settings (SPEC §1.8, §2.3).
+# name -> (config class, preset fields). Presets follow the published settings.
 _MODELS: dict[str, tuple[type, dict]] = {
     "vita-clip": (VitaCLIPConfig, {}),
     "vita-clip-b16": (VitaCLIPConfig, dict(backbone="ViT-B-16", pretrained="openai")),

@@ -11,6 +11,7 @@ A run resumes from the newest checkpoint in its output directory unless ``--no-r
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     result = train(config, resume=not args.no_resume)
-    if "val" in result:
+    if "val" in result and os.environ.get("RANK", "0") == "0":
         print(f"validation top-1 {result['val']['top1']:.2f}%  top-5 {result['val']['top5']:.2f}%  "
               f"({result['val']['videos']} videos)")
     return 0

@@ -53,6 +53,7 @@ class DataSection:
     on_error: str = "skip"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     transform: TransformConfig = field(default_factory=TransformConfig)
+    demo: bool = False
     demo_dir: str = "data/demo"
 
 
