@@ -43,13 +43,12 @@ Triton kernels (what is fused, where it comes from, limits):
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from . import _launch
 
 try:
     import triton
@@ -471,20 +470,6 @@ _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _NAMES = ("q", "k", "v", "k_local", "v_local", "k_global", "v_global", "k_summary", "v_summary")
 
 
-def _empty(shape, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Every launcher allocation goes through here (the tests swap in a NaN-filled version)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
-
-
-def _device_of(t: Tensor):
-    """Triton launches on the current CUDA device: make it ``t``'s."""
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
 def _check_launch(tensors: dict) -> None:
     """What the Triton kernels need beyond :func:`check_inputs`."""
     if triton is None:
@@ -497,7 +482,7 @@ def _check_launch(tensors: dict) -> None:
             continue
         if t.dtype != q.dtype or t.device != q.device:
             raise ValueError(f"prompt_attention: {name} is {t.dtype} on {t.device}, q is {q.dtype} on {q.device}")
-    if q.device.type != "cuda" and not _interpreting():
+    if q.device.type != "cuda" and not _launch.interpreting():
         raise ValueError(f"prompt_attention: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), "
                          f"q is on {q.device}")
     if q.shape[-1] > 128:
@@ -557,14 +542,14 @@ def prompt_attention_forward(q: Tensor, k: Tensor, v: Tensor, k_local: Tensor | 
     check_inputs(*sources)
     _check_launch(dict(zip(_NAMES, sources)))
     frames, heads, tokens, dim = q.shape
-    out = _empty((frames, heads, tokens, dim), q.dtype, q.device)
-    lse = _empty((frames, heads, tokens), torch.float32, q.device)
+    out = _launch.empty((frames, heads, tokens, dim), q.dtype, q.device)
+    lse = _launch.empty((frames, heads, tokens), torch.float32, q.device)
     if out.numel() == 0:
         return out, lse
     ptrs, strides, sizes = _source_args(*sources)
     config = _launch_config(q, sizes["n_local"], sizes["n_global"])
     grid = (frames * heads, triton.cdiv(tokens, config["BLOCK_M"]))
-    with _device_of(q):
+    with _launch.device_of(q):
         _prompt_attention_fwd_kernel[grid](*ptrs, out, lse, *strides, heads, tokens, dim,
                                            sm_scale=1.0 / math.sqrt(dim), **sizes, **config)
     return out, lse
@@ -596,15 +581,15 @@ def prompt_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
     device = q.device
     ptrs, strides, sizes = _source_args(*sources)
     n_local, n_global = sizes["n_local"], sizes["n_global"]
-    dq, dk, dv = (_empty(q.shape, q.dtype, device) for _ in range(3))
-    dkl_part, dvl_part = (_empty((frames, heads, n_local, dim), torch.float32, device) for _ in range(2))
-    dkg_part, dvg_part = (_empty((frames, heads, n_global, dim), torch.float32, device) for _ in range(2))
-    dks, dvs = (_empty((frames, heads, dim), q.dtype, device) for _ in range(2))
+    dq, dk, dv = (_launch.empty(q.shape, q.dtype, device) for _ in range(3))
+    dkl_part, dvl_part = (_launch.empty((frames, heads, n_local, dim), torch.float32, device) for _ in range(2))
+    dkg_part, dvg_part = (_launch.empty((frames, heads, n_global, dim), torch.float32, device) for _ in range(2))
+    dks, dvs = (_launch.empty((frames, heads, dim), q.dtype, device) for _ in range(2))
     lse = lse.contiguous()
-    delta = _empty((frames, heads, tokens), torch.float32, device)
+    delta = _launch.empty((frames, heads, tokens), torch.float32, device)
     config = _launch_config(q, n_local, n_global, backward=True)
     sm_scale = 1.0 / math.sqrt(dim)
-    with _device_of(q):
+    with _launch.device_of(q):
         grid = (frames * heads, triton.cdiv(tokens, config["BLOCK_M"]))
         _prompt_attention_bwd_dq_kernel[grid](*ptrs, out, grad_out, lse, delta, dq, *strides, *out.stride(),
                                               *grad_out.stride(), heads, tokens, dim, sm_scale=sm_scale, **sizes,

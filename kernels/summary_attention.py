@@ -34,12 +34,12 @@ Triton kernels (what is fused, where it comes from, limits):
 """
 from __future__ import annotations
 
-import contextlib
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from . import _launch
 
 try:
     import triton
@@ -407,20 +407,6 @@ if triton is not None:
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _empty(shape, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Every launcher allocation goes through here (the tests swap in a NaN-filled version)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
-
-
-def _device_of(t: Tensor):
-    """Triton launches on the current CUDA device: make it ``t``'s."""
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
 def _check_launch(c: Tensor, weights: tuple[Tensor, ...], heads: int) -> None:
     """What the Triton kernels need beyond :func:`check_inputs`."""
     if triton is None:
@@ -432,7 +418,7 @@ def _check_launch(c: Tensor, weights: tuple[Tensor, ...], heads: int) -> None:
         if w.dtype != c.dtype:
             raise ValueError(f"summary_attention: {name} is {w.dtype}, c is {c.dtype}: the Triton kernels need "
                              f"one dtype")
-    if c.device.type != "cuda" and not _interpreting():
+    if c.device.type != "cuda" and not _launch.interpreting():
         raise ValueError(f"summary_attention: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), "
                          f"c is on {c.device}")
     _, frames, width = c.shape
@@ -463,12 +449,12 @@ def summary_attention_forward(c: Tensor, ln_weight: Tensor, ln_bias: Tensor, q_w
     weights = (ln_weight, ln_bias, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, out_weight, out_bias)
     _check_launch(c, weights, heads)
     videos, frames, width = c.shape
-    out = _empty((videos, frames, width), c.dtype, c.device)
+    out = _launch.empty((videos, frames, width), c.dtype, c.device)
     if out.numel() == 0:
         return out
-    mixed = _empty((videos * frames, width), torch.float32, c.device)
+    mixed = _launch.empty((videos * frames, width), torch.float32, c.device)
     head_dim = width // heads
-    with _device_of(c):
+    with _launch.device_of(c):
         _summary_attention_fwd_kernel[(videos,)](c, *(w.contiguous() for w in weights), mixed, out, *c.stride(),
                                                  frames, width, heads, head_dim, eps, head_dim ** -0.5,
                                                  **_launch_config(c, heads))
@@ -497,14 +483,14 @@ def summary_attention_backward(grad: Tensor, c: Tensor, ln_weight: Tensor, ln_bi
     weights = tuple(w.contiguous() for w in weights)
     lnw, lnb, wq, bq, wk, bk, wv, bv, wo, bo = weights
     device = c.device
-    acts = _empty((rows, 3 * width), torch.float32, device)
-    grads = _empty((rows, 5 * width), torch.float32, device)
-    stats = _empty((rows, 2), torch.float32, device)
-    dc = _empty(c.shape, c.dtype, device)
-    dlnw, dlnb, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo = (_empty(w.shape, w.dtype, device) for w in weights)
+    acts = _launch.empty((rows, 3 * width), torch.float32, device)
+    grads = _launch.empty((rows, 5 * width), torch.float32, device)
+    stats = _launch.empty((rows, 2), torch.float32, device)
+    dc = _launch.empty(c.shape, c.dtype, device)
+    dlnw, dlnb, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo = (_launch.empty(w.shape, w.dtype, device) for w in weights)
     config = _launch_config(c, heads)
     tile = 64
-    with _device_of(c):
+    with _launch.device_of(c):
         _summary_attention_bwd_attn_kernel[(videos,)](c, grad, lnw, lnb, wq, bq, wk, bk, wv, bv, wo, acts, grads,
                                                       stats, *c.stride(), *grad.stride(), frames, width, heads,
                                                       head_dim, eps, head_dim ** -0.5, **config)

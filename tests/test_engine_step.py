@@ -1,7 +1,6 @@
 """The training step: text features once per step, accumulation, processes, sampling order, schedule."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch

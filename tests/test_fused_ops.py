@@ -46,7 +46,7 @@ SHAPES = [  # (videos, frames, tokens, heads, head_dim, local, n_global, summary
 def test_prompt_attention_matches_float64_reference(shape):
     inputs = prompt_inputs(*shape, seed=sum(shape[:5]))
     out = prompt_attention(**inputs)
-    grad = torch.randn_like(out)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     grads = torch.autograd.grad(out, list(inputs.values()), grad)
     ref_inputs = {k: v.detach().double().requires_grad_(True) for k, v in inputs.items()}
     ref, _ = prompt_attention_reference(**ref_inputs)
@@ -100,7 +100,7 @@ def summary_inputs(videos, frames, width, dtype=torch.float32, seed=0):
 def test_summary_attention_matches_float64_reference(videos, frames, width, heads):
     inputs = summary_inputs(videos, frames, width, seed=videos * 100 + frames)
     out = summary_attention(*inputs, heads=heads)
-    grad = torch.randn_like(out)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     grads = torch.autograd.grad(out, inputs, grad)
     ref_inputs = [t.detach().double().requires_grad_(True) for t in inputs]
     ref = summary_attention_reference(*ref_inputs, heads=heads)
@@ -108,9 +108,9 @@ def test_summary_attention_matches_float64_reference(videos, frames, width, head
     assert rel(out, ref) <= 1e-5
     scale = max(rg.norm().item() for rg in ref_grads)
     for i, (g, rg) in enumerate(zip(grads, ref_grads)):
-        # the k bias gets an exactly-zero gradient (softmax ignores a per-query constant), so
-        # errors are measured against the largest gradient there
-        assert (g.double() - rg).norm().item() <= 1e-4 * max(rg.norm().item(), 1e-3 * scale), i
+        # exactly-zero true gradients (the k bias: softmax ignores a per-query constant; q and k
+        # with one frame) get rounding noise: there, errors are measured against the largest gradient
+        assert (g.double() - rg).norm().item() <= 1e-4 * max(rg.norm().item(), 1e-2 * scale), i
 
 
 def test_opcheck_both_ops():

@@ -17,13 +17,14 @@ import sys
 import pytest
 import torch
 
+from vita_clip.kernels import _launch
 from vita_clip.kernels import prompt_attention as pa
 from vita_clip.kernels import summary_attention as sa
 
 NAMES = ("q", "k", "v", "k_local", "v_local", "k_global", "v_global", "k_summary", "v_summary")
 
 needs_triton = pytest.mark.skipif(pa.triton is None, reason="triton is not installed")
-needs_interpreter = pytest.mark.skipif(not pa._interpreting(),
+needs_interpreter = pytest.mark.skipif(not _launch.interpreting(),
                                        reason="needs TRITON_INTERPRET=1 (conftest.py sets it without a GPU)")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICES = [pytest.param("cpu", marks=[needs_triton, needs_interpreter]),
@@ -45,14 +46,12 @@ def poisoned_allocations(monkeypatch):
     def nan_empty(shape, dtype, device):
         return torch.full(shape, math.nan, dtype=dtype, device=device)
 
-    monkeypatch.setattr(pa, "_empty", nan_empty)
-    monkeypatch.setattr(sa, "_empty", nan_empty)
+    monkeypatch.setattr(_launch, "empty", nan_empty)
 
 
 def test_allocations_are_poisoned():
     """The fixture above is in effect (otherwise the 'unwritten element' checks would be void)."""
-    assert pa._empty((3,), torch.float32, "cpu").isnan().all()
-    assert sa._empty((3,), torch.float16, "cpu").isnan().all()
+    assert _launch.empty((3,), torch.float32, "cpu").isnan().all()
 
 
 # -- prompt attention --------------------------------------------------------------------------

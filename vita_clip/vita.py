@@ -5,7 +5,6 @@ from collections.abc import Sequence
 
 import open_clip
 import torch
-from torch import nn
 
 from .backbone import create_backbone, freeze
 from .classifier import VideoTextClassifier, check_classnames, check_video
