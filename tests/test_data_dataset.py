@@ -123,7 +123,7 @@ def test_skip_policy_reports_every_bad_input(folder, bad_folder):
     for kind, path in bad_folder.items():
         assert EXPECTED_REASONS[kind] in skipped[path]
     report = loader.report()
-    assert f"list lines skipped: 2" in report and f"videos skipped in epoch 0: {len(bad_folder)}" in report
+    assert "list lines skipped: 2" in report and f"videos skipped in epoch 0: {len(bad_folder)}" in report
     assert bad_folder["truncated_webm"] in report and "line 13" in report
 
     loader.set_epoch(1)  # the list of skipped videos is per epoch

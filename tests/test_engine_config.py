@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from vita_clip.engine.config import TrainConfig, load_config, to_dict
+from vita_clip.config import config_to_dict
+from vita_clip.engine.config import TrainConfig, load_config
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -16,7 +17,7 @@ def test_defaults_and_overrides(tmp_path):
     assert config.data.sampling.num_frames == 16 and config.data.transform.size == 112
     assert config.model.options == {"train_cls_proj": False} and config.eval_views == (4, 3)
     again = load_config(None, [f"{k}={v}" for k, v in [("steps", 100)]])
-    assert again.steps == 100 and to_dict(again)["optim"]["betas"] == [0.9, 0.999]
+    assert again.steps == 100 and config_to_dict(again)["optim"]["betas"] == [0.9, 0.999]
 
 
 def test_base_configs_are_merged(tmp_path):

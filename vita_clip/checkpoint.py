@@ -62,30 +62,36 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k in trainable}
 
 
-def checkpoint_dict(model: nn.Module, trainable_only: bool | None = None) -> dict:
-    """The checkpoint of ``model`` as a dict (see the module docstring).
-
-    ``trainable_only=None`` leaves the frozen weights out only when they can be rebuilt,
-    i.e. when the config names pretrained CLIP weights.
-    """
+def model_description(model: nn.Module) -> dict:
+    """What :func:`vita_clip.load_model` needs besides the weights: format, architecture,
+    config, the classes the prompts were built for, and the current classes and templates."""
     from .config import config_to_dict
 
-    config = config_to_dict(model.config)
-    if trainable_only is None:
-        trainable_only = config.get("pretrained") is not None
     learner = getattr(model, "prompt_learner", None)
     return {
         "format": FORMAT,
         "version": VERSION,
         "architecture": architecture_of(model),
-        "config": config,
+        "config": config_to_dict(model.config),
         "prompt_classnames": learner.classnames if learner is not None else model.classnames,
         "classnames": model.classnames,
         "templates": list(model.templates) if model.templates is not None else None,
-        "trainable_only": trainable_only,
-        "state_dict": {k: v.detach().cpu() for k, v in
-                       (trainable_state_dict(model) if trainable_only else model.state_dict()).items()},
     }
+
+
+def weights_to_save(model: nn.Module, trainable_only: bool | None = None) -> tuple[dict[str, torch.Tensor], bool]:
+    """``(weights, trainable_only)``: ``trainable_only=None`` leaves the frozen weights out only
+    when they can be rebuilt, i.e. when the config names pretrained CLIP weights."""
+    if trainable_only is None:
+        trainable_only = model.config.pretrained is not None
+    state = trainable_state_dict(model) if trainable_only else model.state_dict()
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}, trainable_only
+
+
+def checkpoint_dict(model: nn.Module, trainable_only: bool | None = None) -> dict:
+    """The checkpoint of ``model`` as a dict (see the module docstring)."""
+    weights, trainable_only = weights_to_save(model, trainable_only)
+    return {**model_description(model), "trainable_only": trainable_only, "state_dict": weights}
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, trainable_only: bool | None = None) -> None:

@@ -122,13 +122,18 @@ class ViFiCLIPConfig:
 
 
 def config_to_dict(config) -> dict[str, Any]:
-    """A plain dict of builtins (safe for ``torch.load(weights_only=True)`` and YAML)."""
+    """A (nested) config as plain builtins, tuples as lists: safe for YAML and for
+    ``torch.load(weights_only=True)``."""
     def plain(value):
-        if isinstance(value, tuple):
-            return list(value)
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
         return value
 
-    return {k: (config_to_dict(v) if dataclasses.is_dataclass(v) else plain(v)) for k, v in dataclasses.asdict(config).items()}
+    return plain(config)
 
 
 def from_dict(cls, values: dict[str, Any], prefix: str = ""):

@@ -32,6 +32,7 @@ import torch
 from .data.dataset import DataConfig, VideoDataset
 from .data.protocols import class_names, split_classes, split_file
 from .engine.evaluate import evaluate
+from .vifi import ViFiCLIP
 from .engine.trainer import resolve_classes
 
 
@@ -106,7 +107,7 @@ def default_data_config(model, frames: int | None = None) -> DataConfig:
     """The data recipe of the model's family at the model's resolution and clip length."""
     frames = frames or model.config.num_frames
     size = model.image_size[0]
-    if model.__class__.__name__ == "ViFiCLIP":
+    if isinstance(model, ViFiCLIP):
         return DataConfig.vifi_clip(num_frames=frames, size=size)
     return DataConfig.vita_clip(num_frames=frames, size=size)
 
@@ -149,16 +150,20 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def load_for_eval(args):
+def load_or_create(checkpoint=None, model: str | None = None, pretrained: str | None = None,
+                   classes=("placeholder",), default_model: str | None = None):
+    """The model to evaluate or predict with: a vita-clip checkpoint (config, classes and
+    weights), or the named model, optionally loading an original Vita-CLIP / ViFi-CLIP
+    checkpoint. ``classes`` only seed the model; the protocol or caller sets the real ones."""
     from . import factory
 
-    if args.checkpoint and Path(args.checkpoint).exists() and args.model is None:
-        return factory.load_model(args.checkpoint, **({"pretrained": args.pretrained} if args.pretrained else {}))
-    if args.model is None:
+    kwargs = {"pretrained": pretrained} if pretrained is not None else {}
+    if checkpoint is not None and model is None:
+        return factory.load_model(checkpoint, **kwargs)
+    model = model or default_model
+    if model is None:
         raise ValueError("give --checkpoint (a vita-clip checkpoint) or --model NAME [--checkpoint original.pth]")
-    classes = resolve_classes(args.classes) if args.classes else ["placeholder"]  # replaced per protocol part
-    kwargs = {"pretrained": args.pretrained} if args.pretrained else {}
-    return factory.create_model(args.model, classes, checkpoint=args.checkpoint, **kwargs)
+    return factory.create_model(model, list(classes), checkpoint=checkpoint, **kwargs)
 
 
 def parse_views(text: str) -> tuple[int, int]:
@@ -191,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         clips, crops = parse_views(args.views)
-        model = load_for_eval(args)
+        model = load_or_create(args.checkpoint, args.model, args.pretrained,
+                               resolve_classes(args.classes) if args.classes else ("placeholder",))
         classes = resolve_classes(args.classes) if args.classes else None
         data = run_data_config(args.checkpoint) or default_data_config(model, args.frames)
         if args.frames:

@@ -38,16 +38,6 @@ class Prediction:
         return {"video": self.video, "top": [{"class": c, "probability": p} for c, p in self.top]}
 
 
-def load_predictor(checkpoint: str | os.PathLike | None = None, model: str | None = None,
-                   pretrained: str | None = None, classes: Sequence[str] = ("placeholder",)):
-    from . import factory
-
-    kwargs = {"pretrained": pretrained} if pretrained is not None else {}
-    if checkpoint is not None and model is None:
-        return factory.load_model(checkpoint, **kwargs)
-    return factory.create_model(model or "vifi-clip-b16", list(classes), checkpoint=checkpoint, **kwargs)
-
-
 @torch.no_grad()
 def predict(videos: Sequence[str | os.PathLike], classes: Sequence[str], *, checkpoint=None, model=None,
             pretrained: str | None = None, templates: str | Sequence[str] | None = None, topk: int = 5,
@@ -58,7 +48,7 @@ def predict(videos: Sequence[str | os.PathLike], classes: Sequence[str], *, chec
     ``model`` may also be an already built VitaCLIP/ViFiCLIP instance. Raises
     :class:`~vita_clip.data.VideoDataError` naming the video that cannot be read.
     """
-    from .eval import default_data_config, run_data_config, use_classes
+    from .eval import default_data_config, load_or_create, run_data_config, use_classes
 
     classes = [c.strip() for c in classes if c.strip()]
     if not classes:
@@ -66,7 +56,7 @@ def predict(videos: Sequence[str | os.PathLike], classes: Sequence[str], *, chec
     if isinstance(model, torch.nn.Module):
         net = model
     else:
-        net = load_predictor(checkpoint, model, pretrained, classes)
+        net = load_or_create(checkpoint, model, pretrained, classes, default_model="vifi-clip-b16")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net.to(device).eval()
     use_classes(net, classes, templates)

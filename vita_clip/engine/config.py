@@ -1,6 +1,6 @@
 """Run configs: nested dataclasses, read from YAML, overridden from the command line.
 
-A run config is plain data (``config_to_dict`` / ``load_config``); every unknown key and
+A run config is plain data (:func:`vita_clip.config.config_to_dict` / ``load_config``); every unknown key and
 every bad value is an error that names the key, e.g. ``optim.lr: expected a number, got 'x'``.
 Command-line overrides use dotted keys: ``optim.lr=1e-3 data.sampling.num_frames=16``.
 """
@@ -182,19 +182,6 @@ def _coerce(value: Any, hint: Any, path: str):
             raise ValueError(f"{path}: expected a string, got {value!r}")
         return value
     return value
-
-
-def to_dict(config) -> dict:
-    """Plain builtins (tuples as lists), for YAML and ``torch.load(weights_only=True)``."""
-    def plain(value):
-        if dataclasses.is_dataclass(value):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-    return plain(config)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -21,33 +21,27 @@ class StepSampler(torch.utils.data.Sampler):
             raise ValueError(f"batch_size {batch_size} is not divisible by the {world_size} processes")
         self.size, self.batch, self.total = dataset_size, batch_size, total_steps
         self.seed, self.rank, self.world, self.start = seed, rank, world_size, start_step
+        self._epoch, self._perm = -1, None
 
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.size, generator=g)
+    def _key(self, position: int) -> tuple[int, int]:
+        """The ``(index, epoch)`` at ``position`` of the endless sequence of permutations."""
+        epoch, offset = divmod(position, self.size)
+        if epoch != self._epoch:  # one permutation is kept: positions are visited in order
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.size, generator=g)
+        return int(self._perm[offset]), epoch
+
+    def _positions(self, step: int) -> range:
+        first = step * self.batch
+        return range(first + self.rank, first + self.batch, self.world)
 
     def step_indices(self, step: int) -> list[tuple[int, int]]:
         """This process's ``(index, epoch)`` pairs of optimizer step ``step``."""
-        first = step * self.batch
-        out, position = [], first + self.rank
-        cache: dict[int, torch.Tensor] = {}
-        while position < first + self.batch:
-            epoch, offset = divmod(position, self.size)
-            if epoch not in cache:
-                cache[epoch] = self._permutation(epoch)
-            out.append((int(cache[epoch][offset]), epoch))
-            position += self.world
-        return out
+        return [self._key(p) for p in self._positions(step)]
 
     def __iter__(self):
-        perm_epoch, perm = -1, None
         for step in range(self.start, self.total):
-            first = step * self.batch
-            for position in range(first + self.rank, first + self.batch, self.world):
-                epoch, offset = divmod(position, self.size)
-                if epoch != perm_epoch:
-                    perm_epoch, perm = epoch, self._permutation(epoch)
-                yield int(perm[offset]), epoch
+            yield from self.step_indices(step)
 
     def __len__(self) -> int:
         return (self.total - self.start) * (self.batch // self.world)

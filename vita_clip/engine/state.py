@@ -25,8 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..checkpoint import FORMAT, VERSION, architecture_of, trainable_state_dict
-from ..config import config_to_dict
+from ..checkpoint import FORMAT, model_description, weights_to_save
 from ..errors import CheckpointMismatchError
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -61,18 +60,6 @@ def _as_tuples(value):
     return value
 
 
-def model_description(model: nn.Module) -> dict:
-    """What :func:`vita_clip.load_model` needs besides the weights."""
-    learner = getattr(model, "prompt_learner", None)
-    return {
-        "format": FORMAT, "version": VERSION, "architecture": architecture_of(model),
-        "config": config_to_dict(model.config),
-        "prompt_classnames": learner.classnames if learner is not None else model.classnames,
-        "classnames": model.classnames,
-        "templates": list(model.templates) if model.templates is not None else None,
-    }
-
-
 def save_training_state(output_dir: str | os.PathLike, step: int, model: nn.Module, optimizer, scheduler,
                         scaler, run_config: dict, keep: int = 2, extra: dict | None = None) -> Path:
     """Write ``checkpoint-<step>`` atomically and keep only the newest ``keep`` checkpoints."""
@@ -82,9 +69,7 @@ def save_training_state(output_dir: str | os.PathLike, step: int, model: nn.Modu
     tmp = output_dir / f".tmp-checkpoint-{step:07d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    trainable_only = model.config.pretrained is not None
-    weights = trainable_state_dict(model) if trainable_only else model.state_dict()
-    weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+    weights, trainable_only = weights_to_save(model)
     save_file(weights, str(tmp / MODEL_FILE), metadata={"format": FORMAT, "step": str(step)})
     state = {
         "step": step,

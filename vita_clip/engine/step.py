@@ -55,7 +55,8 @@ def train_step(model: nn.Module, micro_batches: list[tuple[torch.Tensor, torch.T
     with autocast_context(device, precision):
         text = model.encode_text()
     text_leaf = text.detach().requires_grad_(text.requires_grad)
-    loss_sum, correct = 0.0, 0
+    # loss and hits stay on the device: no host sync per micro-batch
+    stats = torch.zeros(2, device=device)
     for video, labels in micro_batches:
         if len(labels) == 0:
             continue
@@ -63,8 +64,7 @@ def train_step(model: nn.Module, micro_batches: list[tuple[torch.Tensor, torch.T
             logits = model(video, text_features=text_leaf)
         loss = F.cross_entropy(logits.float(), labels, reduction="sum") / max(total, 1)
         scale(loss).backward()
-        loss_sum += loss.item()
-        correct += int((logits.argmax(-1) == labels).sum())
+        stats += torch.stack([loss.detach(), (logits.argmax(-1) == labels).sum().float()])
     if text.requires_grad and text_leaf.grad is not None:
         text.backward(text_leaf.grad)
 
@@ -83,7 +83,6 @@ def train_step(model: nn.Module, micro_batches: list[tuple[torch.Tensor, torch.T
         scaler.update()
     else:
         optimizer.step()
-    stats = torch.tensor([loss_sum, float(correct)], device=device)
     loss_sum, correct = all_reduce_sum(stats, dist_info).tolist()
     if not math.isfinite(loss_sum):
         raise FloatingPointError(f"the training loss is {loss_sum}; lower optim.lr or use precision=fp32/bf16")

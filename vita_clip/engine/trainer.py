@@ -19,7 +19,8 @@ from ..data.errors import format_skip_report
 from ..data.lists import read_class_names
 from ..data.protocols import LABEL_FILES, SPLIT_FILES, class_names, split_file
 from .batches import StepBatches
-from .config import TrainConfig, to_dict
+from ..config import config_to_dict
+from .config import TrainConfig
 from .distributed import DistInfo, barrier, broadcast_, cleanup, init_distributed
 from .evaluate import evaluate
 from .metrics import MetricsWriter, plot_metrics, setup_logging
@@ -149,7 +150,7 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, dist_info: D
         logger.info("resumed from %s (step %d of %d)", latest, start, config.steps)
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
         logger.info("model %s: %s trainable of %s parameters; %d classes; %d training videos",
                     config.model.name, f"{sum(p.numel() for p in params):,}",
                     f"{sum(p.numel() for p in model.parameters()):,}", len(classnames), len(train_set))
@@ -223,7 +224,7 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, dist_info: D
 
 def _save(out, step, model, optimizer, scheduler, scaler, config, dist_info) -> None:
     if dist_info.is_main:
-        path = save_training_state(out, step, model, optimizer, scheduler, scaler, to_dict(config),
+        path = save_training_state(out, step, model, optimizer, scheduler, scaler, config_to_dict(config),
                                    keep=config.keep_checkpoints)
         logger.info("saved %s", path)
     barrier(dist_info)
