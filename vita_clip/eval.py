@@ -138,10 +138,10 @@ def run(model, protocol: str, data_root: str, data: DataConfig, batch_size: int 
 
 def format_table(results: dict) -> str:
     lines = [f"protocol {results['protocol']}",
-             f"{'part':<10} {'classes':>7} {'videos':>7} {'skipped':>7} {'top-1':>7} {'top-5':>7}  text features"]
+             f"{'part':<10} {'classes':>7} {'videos':>7} {'skipped':>7} {'top-1':>7} {'top-5':>7} {'mean-cls':>8}  text features"]
     for r in results["parts"]:
         lines.append(f"{r['part']:<10} {r['classes']:>7} {r['videos']:>7} {r['skipped']:>7} "
-                     f"{r['top1']:>7.2f} {r['top5']:>7.2f}  {r['text']}")
+                     f"{r['top1']:>7.2f} {r['top5']:>7.2f} {r['mean_class_accuracy']:>8.2f}  {r['text']}")
     summary = results["summary"]
     if "top1_mean" in summary:
         lines.append(f"top-1 {summary['top1_mean']:.2f} +- {summary['top1_std']:.2f} (mean +- std over splits)")

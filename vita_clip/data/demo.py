@@ -172,7 +172,7 @@ def render_clip(label: int, rng: np.random.Generator, size: int, num_frames: int
     background = _background(rng, size)
     color = rng.uniform(0, 255, size=3)
     color[rng.integers(3)] = rng.choice([20.0, 235.0])  # a saturated colour stands out of the texture
-    kind = str(rng.choice(["square", "triangle", "ell", "bar"]))
+    kind = str(rng.choice(SHAPE_KINDS))
     radius = rng.uniform(0.12, 0.18) * size
     cx, cy = rng.uniform(0.35, 0.65, size=2) * size
     angle0 = rng.uniform(0, 2 * np.pi)
@@ -184,8 +184,6 @@ def render_clip(label: int, rng: np.random.Generator, size: int, num_frames: int
 
     noise = rng.normal(0, 2, size=(num_frames, size, size, 1))  # sensor noise, part of the scene
 
-    # anti-aliasing: render at 2x and average 2x2 blocks
-    ys, xs = (np.mgrid[0:2 * size, 0:2 * size] + 0.5) / 2
     clip = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     for k in range(num_frames):
         # the pair's second class shows the first one's scene backwards, noise included
@@ -202,14 +200,51 @@ def render_clip(label: int, rng: np.random.Generator, size: int, num_frames: int
             r *= growth ** (t - 0.5) / 1.3   # growing
         else:
             alpha = np.clip((t - fade_start) / fade_length, 0, 1)  # appearing
-        du, dv = (xs - x) / r, (ys - y) / r
-        u = du * math.cos(a) + dv * math.sin(a)
-        v = -du * math.sin(a) + dv * math.cos(a)
-        cover = _shape_mask(kind, u, v).astype(np.float32)
-        cover = cover.reshape(size, 2, size, 2).mean(axis=(1, 3))[..., None] * alpha
-        frame = background * (1 - cover) + color * cover + noise[step]
-        clip[k] = np.clip(frame, 0, 255).round().astype(np.uint8)
+        clip[k], _ = draw_shape(background, noise[step], Shape(kind, x, y, r, a, float(alpha), color))
     return clip
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One frame's shape: kind, centre (pixels), radius (pixels), angle (radians), opacity, RGB colour."""
+
+    kind: str
+    x: float
+    y: float
+    radius: float
+    angle: float
+    alpha: float
+    color: np.ndarray
+
+
+def draw_shape(background: np.ndarray, noise: np.ndarray, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
+    """Frame uint8 (size, size, 3) of ``shape`` over ``background``, and its coverage (size, size) in [0, 1]."""
+    size = background.shape[0]
+    # anti-aliasing: render at 2x and average 2x2 blocks
+    ys, xs = (np.mgrid[0:2 * size, 0:2 * size] + 0.5) / 2
+    du, dv = (xs - shape.x) / shape.radius, (ys - shape.y) / shape.radius
+    u = du * math.cos(shape.angle) + dv * math.sin(shape.angle)
+    v = -du * math.sin(shape.angle) + dv * math.cos(shape.angle)
+    cover = _shape_mask(shape.kind, u, v).astype(np.float32).reshape(size, 2, size, 2).mean(axis=(1, 3)) * shape.alpha
+    frame = background * (1 - cover[..., None]) + shape.color * cover[..., None] + noise
+    return np.clip(frame, 0, 255).round().astype(np.uint8), cover
+
+
+SHAPE_KINDS = ("square", "triangle", "ell", "bar")
+
+
+def random_frame(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, Shape]:
+    """One still frame like those of the demo clips (any position, size, angle, opacity), for
+    pretraining a backbone: ``(frame uint8 (size, size, 3), coverage (size, size), shape)``."""
+    background = _background(rng, size)
+    color = rng.uniform(0, 255, size=3)
+    color[rng.integers(3)] = rng.choice([20.0, 235.0])
+    shape = Shape(kind=str(rng.choice(SHAPE_KINDS)), x=float(rng.uniform(0.1, 0.9) * size),
+                  y=float(rng.uniform(0.1, 0.9) * size), radius=float(rng.uniform(0.08, 0.24) * size),
+                  angle=float(rng.uniform(0, 2 * np.pi)), alpha=float(np.clip(rng.uniform(-0.3, 1.5), 0, 1)),
+                  color=color)
+    frame, cover = draw_shape(background, rng.normal(0, 2, size=(size, size, 1)), shape)
+    return frame, cover, shape
 
 
 def _make_clip(job: _ClipJob) -> str:

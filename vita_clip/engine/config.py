@@ -21,10 +21,15 @@ from ..data.transforms import TransformConfig
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+DEMO_PRETRAINED = "demo"
+
+
 @dataclass
 class ModelSection:
     """Which model to build: a :func:`vita_clip.create_model` name, its CLIP weights
-    (``"default"``: the named model's, e.g. ``openai``; ``null``: random), a checkpoint to
+    (``"default"``: the named model's, e.g. ``openai``; ``null``: random; ``"demo"``: a tiny
+    CLIP pretrained on rendered frames and cached in ``data.demo_dir``, see
+    :mod:`vita_clip.demo_backbone`; or an open_clip tag or file), a checkpoint to
     start from, and config overrides (``options``, e.g. ``{train_cls_proj: false}``).
     ``num_frames`` follows ``data.sampling.num_frames`` unless set in ``options``."""
 

@@ -34,9 +34,17 @@ class EvalResult:
     top5: float
     videos: int
     skipped: list[SkippedSample] = field(default_factory=list)
+    per_class: list[float | None] = field(default_factory=list)  # top-1 % per class; None: no video
+
+    @property
+    def mean_class_accuracy(self) -> float:
+        """Top-1 averaged over the classes that have videos (MMAction2's ``mean_class_accuracy``)."""
+        known = [a for a in self.per_class if a is not None]
+        return sum(known) / len(known) if known else float("nan")
 
     def as_dict(self) -> dict:
-        return {"top1": self.top1, "top5": self.top5, "videos": self.videos, "skipped": len(self.skipped)}
+        return {"top1": self.top1, "top5": self.top5, "mean_class_accuracy": self.mean_class_accuracy,
+                "per_class_top1": self.per_class, "videos": self.videos, "skipped": len(self.skipped)}
 
 
 @torch.no_grad()
@@ -57,20 +65,26 @@ def evaluate(model: nn.Module, dataset: VideoDataset, batch_size: int = 4, devic
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, videos
     with autocast_context(device, precision):
         text = model.class_text_features()
+    per_class = torch.zeros(2, text.shape[0], dtype=torch.float64, device=device)  # top-1 hits, videos
     for batch in loader:
         views = batch["video"].to(device, non_blocking=True)
         b, v = views.shape[:2]
         with autocast_context(device, precision):
             logits = model(views.flatten(0, 1), text_features=text)
         probs = logits.float().softmax(dim=-1).view(b, v, -1).mean(dim=1)
-        hits = topk_correct(probs, batch["label"].to(device), ks=(1, 5))
+        labels = batch["label"].to(device)
+        hits = topk_correct(probs, labels, ks=(1, 5))
         totals += torch.tensor([hits[1], hits[5], b], dtype=torch.float64, device=device)
+        per_class[0].index_add_(0, labels, (probs.argmax(dim=-1) == labels).double())
+        per_class[1].index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
         if progress is not None:
             progress.update(b)
     all_reduce_sum(totals, dist_info)
+    all_reduce_sum(per_class, dist_info)
     model.train(was_training)
     n = int(totals[2])
     if n == 0:
         raise RuntimeError(f"no video of the evaluation set could be read ({len(loader.skipped)} skipped)")
+    class_top1 = [100 * float(h) / float(c) if c else None for h, c in zip(*per_class.tolist())]
     return EvalResult(top1=100 * float(totals[0]) / n, top5=100 * float(totals[1]) / n, videos=n,
-                      skipped=list(loader.skipped))
+                      skipped=list(loader.skipped), per_class=class_top1)

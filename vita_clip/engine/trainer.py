@@ -20,7 +20,7 @@ from ..data.lists import read_class_names
 from ..data.protocols import LABEL_FILES, SPLIT_FILES, class_names, split_file
 from .batches import StepBatches
 from ..config import config_to_dict
-from .config import TrainConfig
+from .config import DEMO_PRETRAINED, TrainConfig
 from .distributed import DistInfo, barrier, broadcast_, cleanup, init_distributed
 from .evaluate import evaluate
 from .metrics import MetricsWriter, plot_metrics, setup_logging
@@ -74,6 +74,8 @@ def prepare_data(config: TrainConfig, dist_info: DistInfo) -> tuple[TrainConfig,
         data = replace(data, train_list=str(demo.train_list), val_list=str(demo.val_list),
                        data_root=str(demo.root), classes=str(demo.class_file))
         config = replace(config, data=data)
+    if config.model.pretrained == DEMO_PRETRAINED:
+        config = replace(config, model=replace(config.model, pretrained=str(_demo_backbone(config, dist_info))))
     if data.train_list is None:
         raise ValueError("data.train_list: give a video list (or a shipped split name), or set data.demo=true")
     for name in ("train_list", "val_list"):
@@ -86,6 +88,20 @@ def prepare_data(config: TrainConfig, dist_info: DistInfo) -> tuple[TrainConfig,
             raise FileNotFoundError(f"data.{name}: {path!r} is neither a file nor a shipped split "
                                     f"(e.g. {', '.join(list(SPLIT_FILES)[:3])}, ...)")
     return config, resolve_classes(data.classes)
+
+
+def _demo_backbone(config: TrainConfig, dist_info: DistInfo) -> Path:
+    """``model.pretrained: demo``: the tiny CLIP pretrained on rendered frames, made once (by the
+    main process) and cached in ``data.demo_dir``."""
+    from ..demo_backbone import demo_backbone
+
+    backbone = factory.get_model_config(config.model.name, **config.model.options).backbone
+    if dist_info.is_main:
+        path = demo_backbone(config.data.demo_dir, backbone, log=logger.info)
+    barrier(dist_info)
+    if not dist_info.is_main:
+        path = demo_backbone(config.data.demo_dir, backbone, log=None)
+    return path
 
 
 def data_config(config: TrainConfig, train: bool) -> DataConfig:
