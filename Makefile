@@ -10,12 +10,17 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-# The torch stack is pinned first so that pip never swaps it for another build.
-$(STAMP): pyproject.toml setup.py
+# The torch stack is pinned first so that pip never swaps it for another build. The package is
+# then installed without build isolation so that setup.py sees that torch and builds the C++
+# CPU kernel (csrc/) against it; the build tools come first for that reason. Without a C++
+# compiler the install still succeeds (without the extension; tests/test_cpu_extension.py
+# then fails unless VITA_CLIP_ALLOW_NO_EXTENSION=1).
+$(STAMP): pyproject.toml setup.py csrc/prompt_attention.cpp
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip
 	$(BIN)/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/python -m pip install -q -e ".[dev,gpu]"
+	$(BIN)/python -m pip install -q "setuptools>=69" wheel ninja
+	$(BIN)/python -m pip install -q --no-build-isolation -e ".[dev,gpu]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -9,4 +9,11 @@
 Each file holds the kernels, the launcher with its input checks, the ``torch.library``
 custom-op registration (with fake and autograd implementations, so ``torch.compile``
 traces through) and the eager reference the implementations are tested against.
+
+``set_cpu_backend("cpp" | "composite")`` (or ``VITA_CLIP_CPU_KERNEL``) chooses the CPU
+implementation of ``prompt_attention``: the C++ kernel of ``csrc/`` (default; falls back to
+the composite with one warning if the extension was not built) or the composite.
 """
+from ._cpu_extension import get_cpu_backend, set_cpu_backend
+
+__all__ = ["get_cpu_backend", "set_cpu_backend"]

@@ -14,10 +14,12 @@ and each frame attends to keys/values coming from four sources:
 shape (F, H, L, d), plus the log-sum-exp of the scores (F, H, L, float32) for the backward.
 Any of the three prompt sources may be ``None``.
 
-Implementations: the CPU composite below (per-frame K/V concatenation + torch's flash
-attention for CPU, whose backward gives the gradients that are then reduced over the frames
-sharing a source) and, on CUDA, the Triton kernels. ``prompt_attention_reference`` is the
-float64-capable eager reference every implementation is tested against.
+Implementations: on CPU the C++ kernel of ``csrc/prompt_attention.cpp`` (float32/float64; the
+same split-source online softmax, built as an optional extension, see ``_cpu_extension``) or
+the composite below (per-frame K/V concatenation + torch's flash attention for CPU, whose
+backward gives the gradients that are then reduced over the frames sharing a source), chosen
+by ``vita_clip.kernels.set_cpu_backend`` / ``VITA_CLIP_CPU_KERNEL``; on CUDA the Triton kernels.
+``prompt_attention_reference`` is the float64-capable eager reference every implementation is tested against.
 
 Triton kernels (what is fused, where it comes from, limits):
 
@@ -48,7 +50,7 @@ import math
 import torch
 from torch import Tensor
 
-from . import _launch
+from . import _cpu_extension, _launch
 
 try:
     import triton
@@ -638,6 +640,16 @@ if triton is not None:
         return prompt_attention_forward(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
 
 
+@prompt_attention_op.register_kernel("cpu")
+def _(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary):
+    check_inputs(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
+    if _cpu_extension.use_cpp(q.dtype):  # the C++ kernel (csrc/), when selected and built
+        return tuple(torch.ops.vita_clip_cpu.prompt_attention_fwd(q, k, v, k_local, v_local, k_global, v_global,
+                                                                  k_summary, v_summary))
+    out, lse = _composite_forward(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
+    return out.contiguous(), lse.contiguous()
+
+
 @torch.library.custom_op("vita_clip::prompt_attention_backward", mutates_args=())
 def prompt_attention_backward_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, k_local: Tensor | None,
                                  v_local: Tensor | None, k_global: Tensor | None, v_global: Tensor | None,
@@ -667,6 +679,16 @@ if triton is not None:
             grads = prompt_attention_backward(grad_out, q, k, v, k_local, v_local, k_global, v_global, k_summary,
                                               v_summary, out, lse)
         return [g.contiguous() if g is not None else q.new_empty(0) for g in grads]
+
+
+@prompt_attention_backward_op.register_kernel("cpu")
+def _(grad_out, q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary, out, lse):
+    if _cpu_extension.use_cpp(q.dtype):  # absent sources come back as empty tensors
+        return torch.ops.vita_clip_cpu.prompt_attention_bwd(grad_out, q, k, v, k_local, v_local, k_global, v_global,
+                                                            k_summary, v_summary, out, lse)
+    grads = _composite_backward(grad_out.contiguous(), q, k, v, k_local, v_local, k_global, v_global,
+                                k_summary, v_summary, out, lse)
+    return [g.contiguous() if g is not None else q.new_empty(0) for g in grads]
 
 
 def _setup_context(ctx, inputs, output):

@@ -1,0 +1,726 @@
+// Fused prompt attention for CPU: the C++ implementation of vita_clip::prompt_attention.
+//
+// Queries q (F, H, L, d) of F = B*T frames attend, with one softmax, over keys/values from
+// four sources read in place through their own pointers and strides (the concatenated
+// sequence is never built):
+//   own tokens k, v        (F, H, L, d)
+//   local prompts          (B, H, T_l, d)   shared by the T = F/B frames of a video
+//   global prompts         (H, M, d)        shared by every frame
+//   summary token          (F, H, d)        one per frame
+// Forward: out (F, H, L, d) and lse (F, H, L) (float32, float64 for float64 inputs).
+// Backward: gradients of all nine inputs; the local and global gradients are summed over the
+// frames sharing them in a fixed order (deterministic, no atomics).
+//
+// Algorithm (FlashAttention-2, Dao 2023, on CPU tiles): a task owns one (frame, head) and a
+// block of queries. The keys of the four sources are cut into "pieces" (a piece is a run of
+// rows of one source, at most kKeyBlock rows) and the pieces are packed, in order, into key
+// blocks of at most kKeyBlock columns. For each key block the scores of every piece are
+// computed by one GEMM straight from the source's memory into the columns of a per-thread
+// score tile, the online-softmax statistics are updated once for the whole block and
+// P @ V is accumulated piece by piece (GEMM with beta = 1). For ViT-B/16 (L = 197, 8 local,
+// 8 global prompts, 1 summary) every frame's 214 keys form one block.
+//
+// The GEMMs call the BLAS torch is linked with (sgemm_/dgemm_, MKL in the x86 wheels), which
+// picks its own vector ISA at run time; if no BLAS symbol is present a plain loop is used. The
+// element-wise work (exp, row max/sum, rescaling) is written as simple loops compiled for
+// three x86 ISAs (AVX-512, AVX2+FMA, baseline), one picked from the CPU's features.
+// float32 and float64; the accumulation type is the input type (float32 accumulation for
+// float32, as the brief asks; float64 for the float64 reference checks).
+
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+// -- BLAS ---------------------------------------------------------------------------------------
+
+#if defined(__GNUC__) || defined(__clang__)
+extern "C" {
+// Fortran BLAS exported by libtorch_cpu when torch is built with a BLAS (MKL/OpenBLAS). Weak:
+// resolved to null (and replaced by loops) when absent.
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc) __attribute__((weak));
+}
+#define VITA_WEAK_BLAS 1
+#else
+#define VITA_WEAK_BLAS 0
+#endif
+
+// The float32 element-wise loops are compiled three times (AVX-512, AVX2+FMA, baseline) and the
+// variant is chosen once from the CPU's features (not its model name, as target_clones("arch=")
+// would). Elsewhere (other compilers/architectures) only the baseline exists.
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(VITA_CLIP_SINGLE_ISA)
+#define VITA_X86_ISAS 1
+#define VITA_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
+#define VITA_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define VITA_X86_ISAS 0
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define VITA_INLINE __attribute__((always_inline)) inline  // inlined into each ISA clone
+#else
+#define VITA_INLINE inline
+#endif
+
+namespace vita_clip_cpu {
+namespace {
+
+constexpr int64_t kQueryBlock = 256;  // queries per task (evened out over the frame; ViT-B/16: one block of 197)
+constexpr int64_t kKeyBlock = 512;    // key columns per online-softmax step
+
+// Column-major GEMM: C (m x n) = alpha * op(A) (m x k) * op(B) (k x n) + beta * C.
+template <typename T>
+void gemm_loops(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
+                int64_t ldb, T beta, T* c, int64_t ldc) {
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t i = 0; i < m; ++i) {
+      T sum = 0;
+      for (int64_t p = 0; p < k; ++p) {
+        const T av = ta ? a[p + i * lda] : a[i + p * lda];
+        const T bv = tb ? b[j + p * ldb] : b[p + j * ldb];
+        sum += av * bv;
+      }
+      T& dst = c[i + j * ldc];
+      dst = alpha * sum + (beta == T(0) ? T(0) : beta * dst);
+    }
+  }
+}
+
+template <typename T>
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
+          int64_t ldb, T beta, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // C = beta * C
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t i = 0; i < m; ++i) c[i + j * ldc] = beta == T(0) ? T(0) : beta * c[i + j * ldc];
+    return;
+  }
+  // BLAS requires lda >= rows of A as stored, etc.
+  lda = std::max<int64_t>(lda, std::max<int64_t>(1, ta ? k : m));
+  ldb = std::max<int64_t>(ldb, std::max<int64_t>(1, tb ? n : k));
+  const bool fits = m < INT32_MAX && n < INT32_MAX && k < INT32_MAX && lda < INT32_MAX && ldb < INT32_MAX &&
+                    ldc < INT32_MAX;
+  const char cta = ta ? 'T' : 'N', ctb = tb ? 'T' : 'N';
+  const int im = m, in = n, ik = k, ilda = lda, ildb = ldb, ildc = ldc;
+#if VITA_WEAK_BLAS
+  if constexpr (std::is_same_v<T, float>) {
+    if (sgemm_ != nullptr && fits) {
+      sgemm_(&cta, &ctb, &im, &in, &ik, &alpha, a, &ilda, b, &ildb, &beta, c, &ildc);
+      return;
+    }
+  } else {
+    if (dgemm_ != nullptr && fits) {
+      dgemm_(&cta, &ctb, &im, &in, &ik, &alpha, a, &ilda, b, &ildb, &beta, c, &ildc);
+      return;
+    }
+  }
+#endif
+  gemm_loops<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// -- element-wise kernels -------------------------------------------------------------------------
+
+// exp for float32 on [-87, 88] (inputs are clamped; exp(-inf) gives ~1e-38 instead of 0, which
+// only ever multiplies zero sums): x = n ln2 + r, |r| <= ln2 / 2, exp(r) by its degree-7 Taylor
+// polynomial (relative error < 1e-8 before rounding), 2^n assembled in the exponent bits.
+// Branch-free and written so that the compiler vectorizes the loops that call it.
+VITA_INLINE float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : x;  // plain ternaries: std::min/max are not inlined into the ISA clones
+  x = x > 88.0f ? 88.0f : x;
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2Hi = 0.693359375f;          // ln 2 split in a part exact in float
+  constexpr float kLn2Lo = -2.12194440e-4f;       // and the remainder
+  constexpr float kRound = 12582912.0f;           // 1.5 * 2^23: adding it rounds to an integer
+  const float t = x * kLog2e + kRound;
+  const float n = t - kRound;
+  const float r = (x - n * kLn2Hi) - n * kLn2Lo;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  int32_t bits;
+  std::memcpy(&bits, &t, sizeof(bits));
+  const int32_t e = (bits - 0x4B400000 + 127) << 23;  // integer n sits in t's low mantissa bits
+  float scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  return p * scale;
+}
+
+inline double exp_approx(double x) { return std::exp(x); }
+
+// Online-softmax step for rows x cols scores s (row stride ld), in place: s <- exp(s - m_new),
+// l <- l * alpha + rowsum, m <- m_new; alpha (exp(m_old - m_new)) is returned per row.
+template <typename T>
+VITA_INLINE void softmax_step_impl(T* s, int64_t rows, int64_t cols, int64_t ld, T* m, T* l, T* alpha) {
+  for (int64_t i = 0; i < rows; ++i) {
+    T* row = s + i * ld;
+    T mx = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < cols; ++j) mx = row[j] > mx ? row[j] : mx;
+    const T m_new = m[i] > mx ? m[i] : mx;
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < cols; ++j) {
+      const T p = exp_approx(row[j] - m_new);
+      row[j] = p;
+      sum += p;
+    }
+    alpha[i] = std::exp(m[i] - m_new);  // 0 on the first block (m = -inf)
+    l[i] = l[i] * alpha[i] + sum;
+    m[i] = m_new;
+  }
+}
+
+// Backward: s <- p = exp(s - lse) and dp <- ds = p * (dp - delta) * scale, row by row.
+template <typename T>
+VITA_INLINE void backward_probs_impl(T* s, T* dp, int64_t rows, int64_t cols, int64_t ld, const T* lse, const T* delta,
+                                T scale) {
+  for (int64_t i = 0; i < rows; ++i) {
+    T* srow = s + i * ld;
+    T* dprow = dp + i * ld;
+    const T li = lse[i], di = delta[i];
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) {
+      const T p = exp_approx(srow[j] - li);
+      srow[j] = p;
+      dprow[j] = p * (dprow[j] - di) * scale;
+    }
+  }
+}
+
+using SoftmaxStepF = void (*)(float*, int64_t, int64_t, int64_t, float*, float*, float*);
+using BackwardProbsF = void (*)(float*, float*, int64_t, int64_t, int64_t, const float*, const float*, float);
+
+void softmax_step_base(float* s, int64_t rows, int64_t cols, int64_t ld, float* m, float* l, float* alpha) {
+  softmax_step_impl<float>(s, rows, cols, ld, m, l, alpha);
+}
+void backward_probs_base(float* s, float* dp, int64_t rows, int64_t cols, int64_t ld, const float* lse,
+                         const float* delta, float scale) {
+  backward_probs_impl<float>(s, dp, rows, cols, ld, lse, delta, scale);
+}
+#if VITA_X86_ISAS
+VITA_AVX512 void softmax_step_avx512(float* s, int64_t rows, int64_t cols, int64_t ld, float* m, float* l,
+                                     float* alpha) {
+  softmax_step_impl<float>(s, rows, cols, ld, m, l, alpha);
+}
+VITA_AVX512 void backward_probs_avx512(float* s, float* dp, int64_t rows, int64_t cols, int64_t ld,
+                                       const float* lse, const float* delta, float scale) {
+  backward_probs_impl<float>(s, dp, rows, cols, ld, lse, delta, scale);
+}
+VITA_AVX2 void softmax_step_avx2(float* s, int64_t rows, int64_t cols, int64_t ld, float* m, float* l, float* alpha) {
+  softmax_step_impl<float>(s, rows, cols, ld, m, l, alpha);
+}
+VITA_AVX2 void backward_probs_avx2(float* s, float* dp, int64_t rows, int64_t cols, int64_t ld, const float* lse,
+                                   const float* delta, float scale) {
+  backward_probs_impl<float>(s, dp, rows, cols, ld, lse, delta, scale);
+}
+#endif
+
+// 2 = AVX-512, 1 = AVX2+FMA, 0 = baseline
+int isa_level() {
+#if VITA_X86_ISAS
+  static const int level = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+      return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+    return 0;
+  }();
+  return level;
+#else
+  return 0;
+#endif
+}
+
+void softmax_step(float* s, int64_t rows, int64_t cols, int64_t ld, float* m, float* l, float* alpha) {
+#if VITA_X86_ISAS
+  static const SoftmaxStepF fn = isa_level() == 2 ? softmax_step_avx512
+                                 : isa_level() == 1 ? softmax_step_avx2 : softmax_step_base;
+#else
+  static const SoftmaxStepF fn = softmax_step_base;
+#endif
+  fn(s, rows, cols, ld, m, l, alpha);
+}
+void backward_probs(float* s, float* dp, int64_t rows, int64_t cols, int64_t ld, const float* lse,
+                    const float* delta, float scale) {
+#if VITA_X86_ISAS
+  static const BackwardProbsF fn = isa_level() == 2 ? backward_probs_avx512
+                                   : isa_level() == 1 ? backward_probs_avx2 : backward_probs_base;
+#else
+  static const BackwardProbsF fn = backward_probs_base;
+#endif
+  fn(s, dp, rows, cols, ld, lse, delta, scale);
+}
+void softmax_step(double* s, int64_t rows, int64_t cols, int64_t ld, double* m, double* l, double* alpha) {
+  softmax_step_impl<double>(s, rows, cols, ld, m, l, alpha);
+}
+void backward_probs(double* s, double* dp, int64_t rows, int64_t cols, int64_t ld, const double* lse,
+                    const double* delta, double scale) {
+  backward_probs_impl<double>(s, dp, rows, cols, ld, lse, delta, scale);
+}
+
+// rows x d: x[i] *= a[i]
+template <typename T>
+inline void scale_rows(T* x, int64_t rows, int64_t d, int64_t ld, const T* a) {
+  for (int64_t i = 0; i < rows; ++i) {
+    T* row = x + i * ld;
+    const T ai = a[i];
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) row[j] *= ai;
+  }
+}
+
+// delta[i] = sum_j do[i, j] * o[i, j]
+template <typename T>
+inline void row_dots(const T* x, int64_t ldx, const T* y, int64_t ldy, int64_t rows, int64_t d, T* out) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* xr = x + i * ldx;
+    const T* yr = y + i * ldy;
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < d; ++j) sum += xr[j] * yr[j];
+    out[i] = sum;
+  }
+}
+
+// -- sources --------------------------------------------------------------------------------------
+
+// A (F or B or 1, H, n, d) key/value source seen through its strides (last-dim stride 1).
+template <typename T>
+struct Source {
+  const T* k = nullptr;
+  const T* v = nullptr;
+  int64_t k_outer = 0, k_head = 0, k_row = 0;  // strides of frame/video, head, row
+  int64_t v_outer = 0, v_head = 0, v_row = 0;
+  int64_t rows = 0;
+  int64_t frames_per_outer = 1;  // frames sharing one outer index (F/B local, F global (outer 0), 1 own/summary)
+  int index = 0;                 // 0 own, 1 local, 2 global, 3 summary
+};
+
+// A run of rows [start, start + n) of one source, placed at column `col` of its key block.
+struct Piece {
+  int source;
+  int64_t start, n, col;
+};
+
+struct KeyBlock {
+  int64_t width;
+  std::vector<Piece> pieces;
+};
+
+template <typename T>
+std::vector<KeyBlock> plan_blocks(const std::vector<Source<T>>& sources) {
+  std::vector<KeyBlock> blocks;
+  for (size_t s = 0; s < sources.size(); ++s) {
+    for (int64_t start = 0; start < sources[s].rows; start += kKeyBlock) {
+      const int64_t n = std::min(kKeyBlock, sources[s].rows - start);
+      if (blocks.empty() || blocks.back().width + n > kKeyBlock) blocks.push_back(KeyBlock{0, {}});
+      blocks.back().pieces.push_back(Piece{static_cast<int>(s), start, n, blocks.back().width});
+      blocks.back().width += n;
+    }
+  }
+  return blocks;
+}
+
+// Key/value row pointers of `piece` for frame f, head h.
+template <typename T>
+inline void piece_ptrs(const Source<T>& src, const Piece& piece, int64_t f, int64_t h, const T** k, const T** v) {
+  const int64_t outer = src.frames_per_outer > 0 ? f / src.frames_per_outer : 0;
+  *k = src.k + outer * src.k_outer + h * src.k_head + piece.start * src.k_row;
+  *v = src.v + outer * src.v_outer + h * src.v_head + piece.start * src.v_row;
+}
+
+// Row stride usable as a BLAS leading dimension (single rows may have any stride).
+template <typename T>
+inline int64_t ld_of(int64_t row_stride, int64_t n, int64_t d) {
+  return n <= 1 ? std::max<int64_t>(row_stride, d) : row_stride;
+}
+
+// Last-dim stride 1 and rows that do not overlap (what a BLAS leading dimension needs).
+at::Tensor blas_ready(const at::Tensor& t) {
+  const int64_t d = t.size(-1);
+  const bool ok = t.stride(-1) == 1 || d <= 1;
+  const bool rows_ok = t.dim() < 2 || t.size(-2) <= 1 || t.stride(-2) >= d;
+  return ok && rows_ok ? t : t.contiguous();
+}
+
+struct Inputs {
+  at::Tensor q, k, v;
+  std::optional<at::Tensor> kl, vl, kg, vg, ks, vs;
+};
+
+void check(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& kl,
+           const std::optional<at::Tensor>& vl, const std::optional<at::Tensor>& kg,
+           const std::optional<at::Tensor>& vg, const std::optional<at::Tensor>& ks,
+           const std::optional<at::Tensor>& vs) {
+  TORCH_CHECK(q.dim() == 4, "prompt_attention_cpu: q must be (frames, heads, tokens, head_dim)");
+  TORCH_CHECK(q.device().is_cpu(), "prompt_attention_cpu: CPU tensors only");
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
+              "prompt_attention_cpu: float32 or float64 only, got ", q.scalar_type());
+  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), "prompt_attention_cpu: k, v must match q");
+  const int64_t frames = q.size(0), heads = q.size(1), dim = q.size(3);
+  auto same = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.scalar_type() == q.scalar_type() && t.device() == q.device(), "prompt_attention_cpu: ", name,
+                " must have q's dtype and device");
+  };
+  same(k, "k");
+  same(v, "v");
+  TORCH_CHECK(kl.has_value() == vl.has_value() && kg.has_value() == vg.has_value() && ks.has_value() == vs.has_value(),
+              "prompt_attention_cpu: keys and values of a source must both be given or both be None");
+  if (kl) {
+    same(*kl, "k_local");
+    same(*vl, "v_local");
+    TORCH_CHECK(kl->dim() == 4 && kl->size(1) == heads && kl->size(3) == dim && kl->size(0) > 0 &&
+                    frames % kl->size(0) == 0 && vl->sizes() == kl->sizes(),
+                "prompt_attention_cpu: bad local prompt shapes");
+  }
+  if (kg) {
+    same(*kg, "k_global");
+    same(*vg, "v_global");
+    TORCH_CHECK(kg->dim() == 3 && kg->size(0) == heads && kg->size(2) == dim && vg->sizes() == kg->sizes(),
+                "prompt_attention_cpu: bad global prompt shapes");
+  }
+  if (ks) {
+    same(*ks, "k_summary");
+    same(*vs, "v_summary");
+    TORCH_CHECK(ks->dim() == 3 && ks->size(0) == frames && ks->size(1) == heads && ks->size(2) == dim &&
+                    vs->sizes() == ks->sizes(),
+                "prompt_attention_cpu: bad summary shapes");
+  }
+}
+
+template <typename T>
+std::vector<Source<T>> make_sources(const Inputs& in) {
+  std::vector<Source<T>> out;
+  const int64_t frames = in.q.size(0);
+  {
+    Source<T> s;
+    s.k = in.k.data_ptr<T>();
+    s.v = in.v.data_ptr<T>();
+    s.k_outer = in.k.stride(0), s.k_head = in.k.stride(1), s.k_row = in.k.stride(2);
+    s.v_outer = in.v.stride(0), s.v_head = in.v.stride(1), s.v_row = in.v.stride(2);
+    s.rows = in.k.size(2);
+    s.frames_per_outer = 1;
+    s.index = 0;
+    out.push_back(s);
+  }
+  if (in.kl && in.kl->size(2) > 0) {
+    Source<T> s;
+    s.k = in.kl->data_ptr<T>();
+    s.v = in.vl->data_ptr<T>();
+    s.k_outer = in.kl->stride(0), s.k_head = in.kl->stride(1), s.k_row = in.kl->stride(2);
+    s.v_outer = in.vl->stride(0), s.v_head = in.vl->stride(1), s.v_row = in.vl->stride(2);
+    s.rows = in.kl->size(2);
+    s.frames_per_outer = frames / in.kl->size(0);
+    s.index = 1;
+    out.push_back(s);
+  }
+  if (in.kg && in.kg->size(1) > 0) {
+    Source<T> s;
+    s.k = in.kg->data_ptr<T>();
+    s.v = in.vg->data_ptr<T>();
+    s.k_head = in.kg->stride(0), s.k_row = in.kg->stride(1);
+    s.v_head = in.vg->stride(0), s.v_row = in.vg->stride(1);
+    s.rows = in.kg->size(1);
+    s.frames_per_outer = 0;  // outer index 0 for every frame
+    s.index = 2;
+    out.push_back(s);
+  }
+  if (in.ks) {
+    Source<T> s;
+    s.k = in.ks->data_ptr<T>();
+    s.v = in.vs->data_ptr<T>();
+    s.k_outer = in.ks->stride(0), s.k_head = in.ks->stride(1), s.k_row = 0;
+    s.v_outer = in.vs->stride(0), s.v_head = in.vs->stride(1), s.v_row = 0;
+    s.rows = 1;
+    s.frames_per_outer = 1;
+    s.index = 3;
+    out.push_back(s);
+  }
+  return out;
+}
+
+Inputs prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& kl,
+               const std::optional<at::Tensor>& vl, const std::optional<at::Tensor>& kg,
+               const std::optional<at::Tensor>& vg, const std::optional<at::Tensor>& ks,
+               const std::optional<at::Tensor>& vs) {
+  check(q, k, v, kl, vl, kg, vg, ks, vs);
+  auto opt = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
+    if (!t) return std::nullopt;
+    return blas_ready(*t);
+  };
+  return Inputs{blas_ready(q), blas_ready(k), blas_ready(v), opt(kl), opt(vl), opt(kg), opt(vg), opt(ks), opt(vs)};
+}
+
+// Tasks per parallel chunk so that a chunk holds at least ~2^18 multiply-adds: small problems
+// (tests, tiny models) run on the calling thread instead of paying for a parallel region.
+inline int64_t grain_for(int64_t rows, int64_t keys, int64_t dim) {
+  const int64_t work = std::max<int64_t>(1, rows * std::max<int64_t>(keys, 1) * std::max<int64_t>(dim, 1));
+  return std::max<int64_t>(1, (int64_t(1) << 18) / work);
+}
+
+// Queries per task: blocks of at most kQueryBlock, evened out over the frame's tokens.
+inline int64_t query_block(int64_t tokens) {
+  const int64_t nblocks = (tokens + kQueryBlock - 1) / kQueryBlock;
+  return nblocks == 0 ? 1 : (tokens + nblocks - 1) / nblocks;
+}
+
+// -- forward --------------------------------------------------------------------------------------
+
+template <typename T>
+void forward_kernel(const Inputs& in, at::Tensor& out, at::Tensor& lse) {
+  const int64_t frames = in.q.size(0), heads = in.q.size(1), tokens = in.q.size(2), dim = in.q.size(3);
+  const auto sources = make_sources<T>(in);
+  const auto blocks = plan_blocks(sources);
+  const int64_t bm = query_block(tokens);
+  const int64_t qblocks = (tokens + bm - 1) / bm;
+  const T scale = T(1) / std::sqrt(static_cast<T>(dim));
+  const T* q = in.q.data_ptr<T>();
+  const int64_t sq_f = in.q.stride(0), sq_h = in.q.stride(1), sq_l = in.q.stride(2);
+  T* o = out.data_ptr<T>();
+  T* lse_ptr = lse.data_ptr<T>();
+  int64_t keys = 0;
+  for (const auto& src : sources) keys += src.rows;
+  at::parallel_for(0, frames * heads * qblocks, grain_for(bm, keys, dim), [&](int64_t begin, int64_t end) {
+    std::vector<T> s_buf(bm * kKeyBlock), m(bm), l(bm), alpha(bm);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t fh = task / qblocks, qb = task % qblocks;
+      const int64_t f = fh / heads, h = fh % heads;
+      const int64_t m0 = qb * bm, rows = std::min(bm, tokens - m0);
+      const T* qt = q + f * sq_f + h * sq_h + m0 * sq_l;
+      T* acc = o + (fh * tokens + m0) * dim;  // out is contiguous: accumulate in place
+      std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
+      std::fill(l.begin(), l.end(), T(0));
+      for (const auto& block : blocks) {
+        const int64_t ld = block.width;
+        for (const auto& piece : block.pieces) {  // S[:, col:col+n] = scale * Q K^T
+          const T *kp, *vp;
+          piece_ptrs(sources[piece.source], piece, f, h, &kp, &vp);
+          gemm<T>(true, false, piece.n, rows, dim, scale, kp,
+                  ld_of<T>(sources[piece.source].k_row, piece.n, dim), qt, sq_l, T(0), s_buf.data() + piece.col, ld);
+        }
+        softmax_step(s_buf.data(), rows, block.width, ld, m.data(), l.data(), alpha.data());
+        if (&block != &blocks.front()) scale_rows(acc, rows, dim, dim, alpha.data());
+        for (const auto& piece : block.pieces) {  // acc += P[:, col:col+n] V (the very first one: acc =)
+          const T *kp, *vp;
+          piece_ptrs(sources[piece.source], piece, f, h, &kp, &vp);
+          const T beta = &block == &blocks.front() && &piece == &block.pieces.front() ? T(0) : T(1);
+          gemm<T>(false, false, dim, rows, piece.n, T(1), vp, ld_of<T>(sources[piece.source].v_row, piece.n, dim),
+                  s_buf.data() + piece.col, ld, beta, acc, dim);
+        }
+      }
+      for (int64_t i = 0; i < rows; ++i) {
+        alpha[i] = T(1) / l[i];
+        lse_ptr[fh * tokens + m0 + i] = m[i] + std::log(l[i]);
+      }
+      scale_rows(acc, rows, dim, dim, alpha.data());
+    }
+  });
+}
+
+// -- backward -------------------------------------------------------------------------------------
+
+template <typename T>
+void backward_kernel(const at::Tensor& grad_out, const Inputs& in, const at::Tensor& out, const at::Tensor& lse,
+                     std::vector<at::Tensor>& grads) {
+  const int64_t frames = in.q.size(0), heads = in.q.size(1), tokens = in.q.size(2), dim = in.q.size(3);
+  const auto sources = make_sources<T>(in);
+  const auto blocks = plan_blocks(sources);
+  const int64_t bm = query_block(tokens);
+  const T scale = T(1) / std::sqrt(static_cast<T>(dim));
+  const T* q = in.q.data_ptr<T>();
+  const int64_t sq_f = in.q.stride(0), sq_h = in.q.stride(1), sq_l = in.q.stride(2);
+  const T* go = grad_out.data_ptr<T>();
+  const int64_t sg_f = grad_out.stride(0), sg_h = grad_out.stride(1), sg_l = grad_out.stride(2);
+  const T* o = out.data_ptr<T>();
+  const int64_t so_f = out.stride(0), so_h = out.stride(1), so_l = out.stride(2);
+  const T* lse_ptr = lse.data_ptr<T>();
+  const int64_t sl_f = lse.stride(0), sl_h = lse.stride(1), sl_l = lse.stride(2);
+
+  // Per-(frame, head) destinations of each source's dk/dv: own and summary go straight to the
+  // outputs, local and global to per-frame partials summed afterwards.
+  const int64_t n_local = in.kl ? in.kl->size(2) : 0, n_global = in.kg ? in.kg->size(1) : 0;
+  const auto opts = in.q.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor dkl_part, dvl_part, dkg_part, dvg_part;
+  if (n_local > 0) {
+    dkl_part = at::empty({frames, heads, n_local, dim}, opts);
+    dvl_part = at::empty({frames, heads, n_local, dim}, opts);
+  }
+  if (n_global > 0) {
+    dkg_part = at::empty({frames, heads, n_global, dim}, opts);
+    dvg_part = at::empty({frames, heads, n_global, dim}, opts);
+  }
+  T* dq = grads[0].data_ptr<T>();
+  T* dk_dst[4] = {grads[1].data_ptr<T>(), n_local ? dkl_part.data_ptr<T>() : nullptr,
+                  n_global ? dkg_part.data_ptr<T>() : nullptr, in.ks ? grads[7].data_ptr<T>() : nullptr};
+  T* dv_dst[4] = {grads[2].data_ptr<T>(), n_local ? dvl_part.data_ptr<T>() : nullptr,
+                  n_global ? dvg_part.data_ptr<T>() : nullptr, in.ks ? grads[8].data_ptr<T>() : nullptr};
+  const int64_t rows_of[4] = {tokens, n_local, n_global, 1};
+
+  int64_t keys = 0;
+  for (const auto& src : sources) keys += src.rows;
+  at::parallel_for(0, frames * heads, grain_for(4 * tokens, keys, dim), [&](int64_t begin, int64_t end) {
+    std::vector<T> s_buf(bm * kKeyBlock), dp_buf(bm * kKeyBlock), delta(bm), lse_rows(bm);
+    for (int64_t fh = begin; fh < end; ++fh) {
+      const int64_t f = fh / heads, h = fh % heads;
+      for (int64_t m0 = 0; m0 < tokens; m0 += bm) {
+        const int64_t rows = std::min(bm, tokens - m0);
+        const T* qt = q + f * sq_f + h * sq_h + m0 * sq_l;
+        const T* got = go + f * sg_f + h * sg_h + m0 * sg_l;
+        T* dqt = dq + (fh * tokens + m0) * dim;
+        row_dots(got, sg_l, o + f * so_f + h * so_h + m0 * so_l, so_l, rows, dim, delta.data());
+        for (int64_t i = 0; i < rows; ++i) lse_rows[i] = lse_ptr[f * sl_f + h * sl_h + (m0 + i) * sl_l];
+        for (const auto& block : blocks) {
+          const int64_t ld = block.width;
+          for (const auto& piece : block.pieces) {
+            const auto& src = sources[piece.source];
+            const T *kp, *vp;
+            piece_ptrs(src, piece, f, h, &kp, &vp);
+            // S = scale * Q K^T and dP = dO V^T, columns of this piece
+            gemm<T>(true, false, piece.n, rows, dim, scale, kp, ld_of<T>(src.k_row, piece.n, dim), qt, sq_l, T(0),
+                    s_buf.data() + piece.col, ld);
+            gemm<T>(true, false, piece.n, rows, dim, T(1), vp, ld_of<T>(src.v_row, piece.n, dim), got, sg_l, T(0),
+                    dp_buf.data() + piece.col, ld);
+          }
+          // P = exp(S - lse), dS = P * (dP - delta) * scale
+          backward_probs(s_buf.data(), dp_buf.data(), rows, block.width, ld, lse_rows.data(), delta.data(), scale);
+          for (const auto& piece : block.pieces) {
+            const auto& src = sources[piece.source];
+            const T *kp, *vp;
+            piece_ptrs(src, piece, f, h, &kp, &vp);
+            const int64_t dst_off = (fh * rows_of[src.index] + piece.start) * dim;
+            T* dk = dk_dst[src.index] + dst_off;
+            T* dv = dv_dst[src.index] + dst_off;
+            // dV += P^T dO, dK += dS^T Q, dQ += dS K; the first contribution overwrites (beta = 0):
+            // every key row is in exactly one piece, seen first by the first query block
+            const T beta_kv = m0 == 0 ? T(0) : T(1);
+            const T beta_q = &block == &blocks.front() && &piece == &block.pieces.front() ? T(0) : T(1);
+            gemm<T>(false, true, dim, piece.n, rows, T(1), got, sg_l, s_buf.data() + piece.col, ld, beta_kv, dv, dim);
+            gemm<T>(false, true, dim, piece.n, rows, T(1), qt, sq_l, dp_buf.data() + piece.col, ld, beta_kv, dk, dim);
+            gemm<T>(false, false, dim, rows, piece.n, T(1), kp, ld_of<T>(src.k_row, piece.n, dim),
+                    dp_buf.data() + piece.col, ld, beta_q, dqt, dim);
+          }
+        }
+      }
+    }
+  });
+
+  // Shared sources: sum the per-frame partials over the frames sharing them, in frame order.
+  auto reduce = [&](const at::Tensor& part, at::Tensor& dst, int64_t groups, int64_t per_group, int64_t n) {
+    const T* src = part.data_ptr<T>();
+    T* d = dst.data_ptr<T>();
+    const int64_t row = heads * n * dim;  // one frame's partial
+    at::parallel_for(0, groups * row, 1 << 15, [&](int64_t begin, int64_t end) {
+      for (int64_t idx = begin; idx < end; ++idx) {
+        const int64_t g = idx / row, e = idx % row;
+        T sum = 0;
+        for (int64_t t = 0; t < per_group; ++t) sum += src[(g * per_group + t) * row + e];
+        d[idx] = sum;
+      }
+    });
+  };
+  if (n_local > 0) {
+    const int64_t videos = in.kl->size(0);
+    reduce(dkl_part, grads[3], videos, frames / videos, n_local);
+    reduce(dvl_part, grads[4], videos, frames / videos, n_local);
+  }
+  if (n_global > 0) {
+    reduce(dkg_part, grads[5], 1, frames, n_global);
+    reduce(dvg_part, grads[6], 1, frames, n_global);
+  }
+}
+
+// -- ops ------------------------------------------------------------------------------------------
+
+std::tuple<at::Tensor, at::Tensor> prompt_attention_fwd(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& k_local,
+    const std::optional<at::Tensor>& v_local, const std::optional<at::Tensor>& k_global,
+    const std::optional<at::Tensor>& v_global, const std::optional<at::Tensor>& k_summary,
+    const std::optional<at::Tensor>& v_summary) {
+  const Inputs in = prepare(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary);
+  at::Tensor out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
+  if (out.numel() == 0) return {out, lse};
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "prompt_attention_fwd", [&] { forward_kernel<scalar_t>(in, out, lse); });
+  return {out, lse};
+}
+
+std::vector<at::Tensor> prompt_attention_bwd(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const std::optional<at::Tensor>& k_local, const std::optional<at::Tensor>& v_local,
+    const std::optional<at::Tensor>& k_global, const std::optional<at::Tensor>& v_global,
+    const std::optional<at::Tensor>& k_summary, const std::optional<at::Tensor>& v_summary, const at::Tensor& out,
+    const at::Tensor& lse) {
+  const Inputs in = prepare(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary);
+  TORCH_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
+              "prompt_attention_cpu: grad_out and out must match q");
+  TORCH_CHECK(grad_out.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type(),
+              "prompt_attention_cpu: grad_out and out must have q's dtype");
+  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) && lse.size(2) == q.size(2),
+              "prompt_attention_cpu: lse must be (frames, heads, tokens)");
+  const auto opts = q.options().memory_format(at::MemoryFormat::Contiguous);
+  // The kernel writes every element of every gradient (first contributions with beta = 0, shared
+  // sources by the reduction); without queries nothing depends on the inputs: zeros.
+  const bool no_queries = q.numel() == 0;
+  auto alloc = [&](at::IntArrayRef sizes) { return no_queries ? at::zeros(sizes, opts) : at::empty(sizes, opts); };
+  auto like = [&](const std::optional<at::Tensor>& t) { return t ? alloc(t->sizes()) : at::empty({0}, q.options()); };
+  std::vector<at::Tensor> grads{alloc(q.sizes()), alloc(q.sizes()), alloc(q.sizes()), like(k_local), like(v_local),
+                                like(k_global), like(v_global), like(k_summary), like(v_summary)};
+  if (no_queries) return grads;
+  const at::Tensor g = blas_ready(grad_out), o = blas_ready(out), l = lse.to(q.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "prompt_attention_bwd",
+                             [&] { backward_kernel<scalar_t>(g, in, o, l, grads); });
+  return grads;
+}
+
+std::string backend_info() {
+#if VITA_WEAK_BLAS
+  const bool blas = sgemm_ != nullptr && dgemm_ != nullptr;
+#else
+  const bool blas = false;
+#endif
+  return std::string("gemm=") + (blas ? "blas" : "loops");
+}
+
+}  // namespace
+}  // namespace vita_clip_cpu
+
+TORCH_LIBRARY(vita_clip_cpu, m) {
+  m.def(
+      "prompt_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? k_local, Tensor? v_local, Tensor? k_global, "
+      "Tensor? v_global, Tensor? k_summary, Tensor? v_summary) -> (Tensor, Tensor)");
+  m.def(
+      "prompt_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? k_local, Tensor? v_local, "
+      "Tensor? k_global, Tensor? v_global, Tensor? k_summary, Tensor? v_summary, Tensor out, Tensor lse) -> Tensor[]");
+  m.def("backend_info() -> str", &vita_clip_cpu::backend_info);
+}
+
+TORCH_LIBRARY_IMPL(vita_clip_cpu, CPU, m) {
+  m.impl("prompt_attention_fwd", &vita_clip_cpu::prompt_attention_fwd);
+  m.impl("prompt_attention_bwd", &vita_clip_cpu::prompt_attention_bwd);
+}
+
+// Importing the shared object as a Python module runs the registrations above.
+static struct PyModuleDef vita_clip_cpu_module = {PyModuleDef_HEAD_INIT, "_prompt_attention_cpu",
+                                                  "vita_clip_cpu C++ ops (torch.ops.vita_clip_cpu)", -1, nullptr};
+
+PyMODINIT_FUNC PyInit__prompt_attention_cpu(void) { return PyModule_Create(&vita_clip_cpu_module); }
