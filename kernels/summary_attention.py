@@ -84,8 +84,9 @@ def _composite(c, weights, heads, eps):
     ln_w, ln_b, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b = weights
     b, t, d = c.shape
     y = F.layer_norm(c, (d,), ln_w, ln_b, eps)
-    qkv = F.linear(y, torch.cat([q_w, k_w, v_w]), torch.cat([q_b, k_b, v_b]))
-    q, k, v = qkv.view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    # three projections of the B*T rows: concatenating the (D, D) weights would copy 3 D^2 per call
+    q, k, v = (F.linear(y, w, bias).view(b, t, heads, d // heads).transpose(1, 2)
+               for w, bias in ((q_w, q_b), (k_w, k_b), (v_w, v_b)))
     mixed = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
     return c + F.linear(mixed, o_w, o_b)
 

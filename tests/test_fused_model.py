@@ -74,3 +74,30 @@ def test_compiled_fused_training_step_matches_eager_gradients(tiny_classes):
     actual = grads_of(fused, video, labels, run=compiled)
     for name, g in expected.items():
         assert torch.allclose(actual[name], g, rtol=1e-4, atol=1e-7), name
+
+
+def test_lean_quick_gelu_matches_autograd_and_saves_only_its_input():
+    from open_clip.transformer import QuickGELU
+
+    from vita_clip.activations import LeanQuickGELU
+
+    x = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(LeanQuickGELU.apply, (x,))
+    y = torch.randn(4, 9, requires_grad=True)
+    grad = torch.randn(4, 9)
+    (expected,) = torch.autograd.grad(QuickGELU()(y), y, grad)
+    (got,) = torch.autograd.grad(LeanQuickGELU.apply(y), y, grad)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+
+    def saved_bytes(fn):
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(torch.randn(64, 256, requires_grad=True))
+        return sum(storages.values())
+
+    assert saved_bytes(LeanQuickGELU.apply) * 2 == saved_bytes(QuickGELU())

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from open_clip.transformer import LayerNorm
 from torch import nn
 
+from .activations import frozen_mlp
 from .backbone import freeze, patch_tokens
 from .kernels.prompt_attention import prompt_attention
 from .kernels.summary_attention import summary_attention
@@ -250,7 +251,7 @@ class VitaVisionTransformer(nn.Module):
         out = prompt_attention(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
         out = F.linear(out.transpose(1, 2).reshape(f, n, d), attn.out_proj.weight, attn.out_proj.bias)
         x = x + block.ls_1(out)
-        return x + block.ls_2(block.mlp(block.ln_2(x)))
+        return x + block.ls_2(frozen_mlp(block.mlp, block.ln_2(x)))
 
 
 def _check_plain_vit(visual: nn.Module) -> None:

@@ -1,0 +1,35 @@
+"""The frozen MLP of a CLIP block with a QuickGELU that keeps half the memory for the backward.
+
+``x * sigmoid(1.702 x)`` as three autograd ops saves both ``x`` and the sigmoid: two tensors
+of the widest activation (tokens x 4 width), about half of all the bytes a ViT-B/16 training
+step saves. :class:`LeanQuickGELU` saves ``x`` only and recomputes the sigmoid in the
+backward (one elementwise op). The fused Vita-CLIP layer uses it; the eager layer keeps the
+released code's ops.
+"""
+from __future__ import annotations
+
+import torch
+from open_clip.transformer import QuickGELU
+from torch import nn
+
+
+class LeanQuickGELU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x * torch.sigmoid(1.702 * x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(1.702 * x)
+        return grad * (s + 1.702 * x * s * (1 - s))
+
+
+def frozen_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``mlp(x)`` for an open_clip MLP (``c_fc``, ``gelu``, ``c_proj``), with :class:`LeanQuickGELU`
+    in place of a QuickGELU when gradients are recorded."""
+    plain = [name for name, _ in mlp.named_children()] == ["c_fc", "gelu", "c_proj"]
+    if not (plain and isinstance(mlp.gelu, QuickGELU) and torch.is_grad_enabled()):
+        return mlp(x)
+    return mlp.c_proj(LeanQuickGELU.apply(mlp.c_fc(x)))
