@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import create_backbone, patch_tokens
+from .checkpoint import atomic_save
 from .data.demo import Shape, random_frame
 from .data.transforms import CLIP_MEAN, CLIP_STD
 from .text import tokenize
@@ -207,11 +208,7 @@ def pretrain_demo_backbone(out_path: str | os.PathLike, backbone: str = "ViT-Tin
     if log:
         log(f"demo backbone held-out: caption retrieval top-1 {100 * scores['caption_top1']:.1f}% "
             f"of {scores['captions']} captions, position R^2 {scores['position_r2']:.2f}")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out_path.with_name(out_path.name + ".tmp")
-    torch.save(clip.state_dict(), temporary)
-    os.replace(temporary, out_path)
+    atomic_save(clip.state_dict(), out_path)
     return scores
 
 
