@@ -101,3 +101,18 @@ def test_lean_quick_gelu_matches_autograd_and_saves_only_its_input():
         return sum(storages.values())
 
     assert saved_bytes(LeanQuickGELU.apply) * 2 == saved_bytes(QuickGELU())
+
+
+def test_frozen_mlp_equals_the_open_clip_mlp_with_and_without_autograd():
+    from vita_clip.activations import frozen_mlp
+    from vita_clip.backbone import create_backbone
+
+    block = create_backbone("ViT-Tiny-16", None).visual.transformer.resblocks[0]
+    x = torch.randn(3, 7, block.mlp.c_fc.in_features)
+    with torch.no_grad():
+        expected = block.mlp(x)
+        torch.testing.assert_close(frozen_mlp(block.mlp, x), expected)  # in place, no autograd
+    with torch.inference_mode():
+        torch.testing.assert_close(frozen_mlp(block.mlp, x), expected)
+    xg = x.clone().requires_grad_()
+    torch.testing.assert_close(frozen_mlp(block.mlp, xg), expected)  # through LeanQuickGELU

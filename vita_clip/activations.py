@@ -27,9 +27,14 @@ class LeanQuickGELU(torch.autograd.Function):
 
 
 def frozen_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``mlp(x)`` for an open_clip MLP (``c_fc``, ``gelu``, ``c_proj``), with :class:`LeanQuickGELU`
-    in place of a QuickGELU when gradients are recorded."""
+    """``mlp(x)`` for an open_clip MLP (``c_fc``, ``gelu``, ``c_proj``) with a QuickGELU: through
+    :class:`LeanQuickGELU` when gradients are recorded, in place otherwise."""
     plain = [name for name, _ in mlp.named_children()] == ["c_fc", "gelu", "c_proj"]
-    if not (plain and isinstance(mlp.gelu, QuickGELU) and torch.is_grad_enabled()):
+    if not (plain and isinstance(mlp.gelu, QuickGELU)):
         return mlp(x)
-    return mlp.c_proj(LeanQuickGELU.apply(mlp.c_fc(x)))
+    hidden = mlp.c_fc(x)
+    if torch.is_grad_enabled() and hidden.requires_grad:
+        return mlp.c_proj(LeanQuickGELU.apply(hidden))
+    # no autograd: one temporary instead of three (each a fresh tokens x 4 width allocation)
+    gate = torch.sigmoid_(hidden * 1.702)
+    return mlp.c_proj(hidden.mul_(gate))
