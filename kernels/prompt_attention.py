@@ -619,6 +619,12 @@ def prompt_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
 def prompt_attention_op(q: Tensor, k: Tensor, v: Tensor, k_local: Tensor | None, v_local: Tensor | None,
                         k_global: Tensor | None, v_global: Tensor | None, k_summary: Tensor | None,
                         v_summary: Tensor | None) -> tuple[Tensor, Tensor]:
+    return _composite_op(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
+
+
+def _composite_op(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary):
+    """The composite as the op returns it (checked inputs, contiguous outputs): every device's
+    fallback."""
     check_inputs(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
     out, lse = _composite_forward(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
     return out.contiguous(), lse.contiguous()
@@ -634,20 +640,17 @@ if triton is not None:
     @prompt_attention_op.register_kernel("cuda")
     def _(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary):
         if q.dtype == torch.float64:  # no float64 tile path: the composite
-            check_inputs(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
-            out, lse = _composite_forward(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
-            return out.contiguous(), lse.contiguous()
+            return _composite_op(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
         return prompt_attention_forward(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
 
 
 @prompt_attention_op.register_kernel("cpu")
 def _(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary):
-    check_inputs(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
     if _cpu_extension.use_cpp(q.dtype):  # the C++ kernel (csrc/), when selected and built
+        check_inputs(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
         return tuple(torch.ops.vita_clip_cpu.prompt_attention_fwd(q, k, v, k_local, v_local, k_global, v_global,
                                                                   k_summary, v_summary))
-    out, lse = _composite_forward(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
-    return out.contiguous(), lse.contiguous()
+    return _composite_op(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
 
 
 @torch.library.custom_op("vita_clip::prompt_attention_backward", mutates_args=())
@@ -655,8 +658,18 @@ def prompt_attention_backward_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tens
                                  v_local: Tensor | None, k_global: Tensor | None, v_global: Tensor | None,
                                  k_summary: Tensor | None, v_summary: Tensor | None, out: Tensor,
                                  lse: Tensor) -> list[Tensor]:
+    return _composite_backward_op(grad_out, q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary,
+                                  out, lse)
+
+
+def _composite_backward_op(grad_out, q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary, out, lse):
+    """The composite backward as the op returns it: every device's fallback."""
     grads = _composite_backward(grad_out.contiguous(), q, k, v, k_local, v_local, k_global, v_global,
                                 k_summary, v_summary, out, lse)
+    return _op_grads(grads, q)
+
+
+def _op_grads(grads, q):
     # custom ops cannot return None: absent sources get empty tensors, dropped again in backward
     return [g.contiguous() if g is not None else q.new_empty(0) for g in grads]
 
@@ -673,12 +686,10 @@ if triton is not None:
     @prompt_attention_backward_op.register_kernel("cuda")
     def _(grad_out, q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary, out, lse):
         if q.dtype == torch.float64:
-            grads = _composite_backward(grad_out.contiguous(), q, k, v, k_local, v_local, k_global, v_global,
-                                        k_summary, v_summary, out, lse)
-        else:
-            grads = prompt_attention_backward(grad_out, q, k, v, k_local, v_local, k_global, v_global, k_summary,
-                                              v_summary, out, lse)
-        return [g.contiguous() if g is not None else q.new_empty(0) for g in grads]
+            return _composite_backward_op(grad_out, q, k, v, k_local, v_local, k_global, v_global, k_summary,
+                                          v_summary, out, lse)
+        return _op_grads(prompt_attention_backward(grad_out, q, k, v, k_local, v_local, k_global, v_global,
+                                                   k_summary, v_summary, out, lse), q)
 
 
 @prompt_attention_backward_op.register_kernel("cpu")
@@ -686,9 +697,8 @@ def _(grad_out, q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summ
     if _cpu_extension.use_cpp(q.dtype):  # absent sources come back as empty tensors
         return torch.ops.vita_clip_cpu.prompt_attention_bwd(grad_out, q, k, v, k_local, v_local, k_global, v_global,
                                                             k_summary, v_summary, out, lse)
-    grads = _composite_backward(grad_out.contiguous(), q, k, v, k_local, v_local, k_global, v_global,
-                                k_summary, v_summary, out, lse)
-    return [g.contiguous() if g is not None else q.new_empty(0) for g in grads]
+    return _composite_backward_op(grad_out, q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary,
+                                  out, lse)
 
 
 def _setup_context(ctx, inputs, output):

@@ -67,6 +67,13 @@ def caption(shape: Shape, crop: tuple[float, float, float]) -> str:
     return f"a {faint}{size} {color} {kind}{pointing} at the {row} {column}"
 
 
+def patch_basis(grid: int) -> torch.Tensor:
+    """``(grid * grid, 3)``: ``1, x, y`` of each patch centre (row-major, x and y in [-1, 1]); a
+    patch's coverage times these rows is its regression target."""
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, grid), torch.linspace(-1, 1, grid), indexing="ij")
+    return torch.stack([torch.ones(grid * grid), xs.flatten(), ys.flatten()], dim=1)
+
+
 def attributes(shape: Shape, crop: tuple[float, float, float], coverage: torch.Tensor) -> tuple[list, list]:
     """Regression targets of one frame and which of them are defined (an invisible shape has no
     position; a square's angle is only defined modulo 90 degrees): 16 values each."""
@@ -74,12 +81,11 @@ def attributes(shape: Shape, crop: tuple[float, float, float], coverage: torch.T
     visible = shape.alpha > 0.05
     symmetry = {"square": 4, "bar": 2}.get(shape.kind, 1)
     a = shape.angle
-    grid = coverage.shape[-1]
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, grid), torch.linspace(-1, 1, grid), indexing="ij")
-    area = coverage.mean()
+    # area and coverage-weighted position: the patch targets' means
+    moments = 4 * (coverage.reshape(-1, 1) * patch_basis(coverage.shape[-1])).mean(dim=0)
     targets = [(shape.x - left) / side - 0.5, (shape.y - top) / side - 0.5, shape.radius / side, shape.alpha,
                *(shape.color / 255 - 0.5), math.cos(a), math.sin(a), math.cos(2 * a), math.sin(2 * a),
-               math.cos(4 * a), math.sin(4 * a), 4 * area, 4 * (coverage * xs).mean(), 4 * (coverage * ys).mean()]
+               math.cos(4 * a), math.sin(4 * a), *moments.tolist()]
     defined = [visible] * 3 + [True] + [visible] * 3 + [visible and symmetry == 1] * 2 + \
               [visible and symmetry <= 2] * 2 + [visible] * 2 + [True] * 3
     return targets, defined
@@ -168,9 +174,7 @@ def pretrain_demo_backbone(out_path: str | os.PathLike, backbone: str = "ViT-Tin
     warmup = max(1, min(20, steps // 10))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / steps))))
-    positions = torch.stack(torch.meshgrid(torch.linspace(-1, 1, grid), torch.linspace(-1, 1, grid),
-                                           indexing="ij")[::-1], dim=-1).reshape(-1, 2)
-    patch_basis = torch.cat([torch.ones(grid * grid, 1), positions], dim=1)  # coverage, coverage * x, coverage * y
+    basis = patch_basis(grid)
 
     def forward(pixels):
         tokens = visual.ln_pre(patch_tokens(visual, pixels))
@@ -185,7 +189,7 @@ def pretrain_demo_backbone(out_path: str | os.PathLike, backbone: str = "ViT-Tin
         soft = same / same.sum(1, keepdim=True)  # equal captions are all positives
         contrastive = -0.5 * ((soft * logits.log_softmax(1)).sum(1).mean() + (soft * logits.log_softmax(0).T).sum(1).mean())
         regression = (((attribute_head(image) - targets) ** 2) * defined).sum() / defined.sum()
-        dense = 10 * ((coverage_head(patches) - coverage[..., None] * patch_basis) ** 2).mean()
+        dense = 10 * ((coverage_head(patches) - coverage[..., None] * basis) ** 2).mean()
         return contrastive, regression, dense, image, text
 
     held_out = training_batch(np.random.default_rng([seed, 1 << 30]), 256, image_size, grid)
