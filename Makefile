@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install
+.PHONY: demo test bench install lint
 
 install: $(STAMP)
 
@@ -28,6 +28,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests/ -q
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check .
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks/ --benchmark-only

@@ -62,7 +62,7 @@ def extension_args() -> dict:
 setup(
     packages=packages,
     package_dir={"vita_clip": "vita_clip", "vita_clip.kernels": "kernels"},
-    package_data={"vita_clip": ["model_configs/*.json", "resources/**/*"]},
+    package_data={"vita_clip": ["models/model_configs/*.json", "configs/*.yaml", "resources/**/*"]},
     include_package_data=True,
     **extension_args(),
 )

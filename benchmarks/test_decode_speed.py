@@ -17,10 +17,11 @@ import av
 import numpy as np
 import pytest
 
-from conftest import report_ratio
-from vita_clip.data import encode_video, read_frames
+from recording import report_ratio
+from vita_clip.data import read_frames
 from vita_clip.data.decode_cpu import frame_to_rgb
 from vita_clip.data.sampling import dense_train_indices, sample_rngs
+from vita_clip.demo.dataset import write_video
 
 NUM_FRAMES, HEIGHT, WIDTH, FPS = 300, 256, 340, 30
 CLIPS = {"h264_gop250": dict(codec="h264"), "h264_gop16": dict(codec="h264", gop=16), "vp9": dict(codec="vp9")}
@@ -48,7 +49,7 @@ def panning_scene(seed=0):
 def clips(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
     frames = panning_scene()
-    return {name: str(encode_video(folder / f"{name}.{'webm' if kw['codec'] == 'vp9' else 'mp4'}", frames,
+    return {name: str(write_video(folder / f"{name}.{'webm' if kw['codec'] == 'vp9' else 'mp4'}", frames,
                                    fps=FPS, crf=23, **kw)) for name, kw in CLIPS.items()}
 
 

@@ -1,16 +1,16 @@
 """MACs and FLOPs (FLOPs = 2 x MACs) of the video encoders, per view (one clip, batch 1).
 
 Counted by ``torch.utils.flop_counter.FlopCounterMode`` on fake CPU tensors (nothing is
-allocated or computed; see ``vita_clip.flops``) and checked against the closed-form
-``vita_clip.flops.encoder_macs``. Only matrix products count (convolution, linear layers,
+allocated or computed; see ``vita_clip.tools.flops``) and checked against the closed-form
+``vita_clip.tools.flops.encoder_macs``. Only matrix products count (convolution, linear layers,
 QK^T and PV); the text side is excluded (its features are cached at inference).
 """
 from __future__ import annotations
 
 import pytest
 
-from conftest import add_section, record, report_ratio
-from vita_clip.flops import PAPER_GFLOPS, PAPER_NOTE, encoder_flops, encoder_macs_of
+from recording import add_section, record, report_ratio
+from vita_clip.tools.flops import PAPER_GFLOPS, PAPER_NOTE, encoder_flops, encoder_macs_of
 
 CASES = [("vita-clip-b16", 8, "B/16 8x224px"), ("vita-clip-b16", 16, "B/16 16x224px"),
          ("vita-clip-tiny", 4, "tiny-16 4x32px")]

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import add_section, record, report_ratio
+from recording import add_section, record, report_ratio
 from vita_clip import create_model
 
 CASES = [("tiny-16 2x4x32px", "vita-clip-tiny", 4, 2)]

@@ -17,15 +17,14 @@ config (the text side with its learned context included, 10 classes), eager vs f
 from __future__ import annotations
 
 import os
+import statistics
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import statistics
-import time
-
-from conftest import record, report_ratio
+from recording import record, report_ratio
 from vita_clip import create_model
 
 DEVICES = [pytest.param("cpu"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import report_ratio
+from recording import report_ratio
 from vita_clip.kernels import _cpu_extension, set_cpu_backend
 from vita_clip.kernels.prompt_attention import prompt_attention
 

@@ -34,7 +34,6 @@ Triton kernels (what is fused, where it comes from, limits):
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor

@@ -1,4 +1,5 @@
-"""Shared fixtures: the golden outputs of the original implementation and tiny models."""
+"""Shared fixtures: the golden outputs of the original implementation and tiny class lists.
+Shared functions live in ``helpers.py``."""
 from __future__ import annotations
 
 import os
@@ -31,16 +32,6 @@ def golden() -> dict:
     table[rows["ids"]] = rows["values"]
     g["state_dict"] = {**g["state_dict"], TOKEN_EMBEDDING: table}
     return g
-
-
-def variant_state_dict(golden: dict, name: str) -> dict:
-    variant = golden["variants"][name]
-    return {k: variant["state_dict_delta"].get(k, golden["state_dict"][k]) for k in variant["state_dict_keys"]}
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    actual, expected = actual.double(), expected.double()
-    return ((actual - expected).norm() / expected.norm()).item()
 
 
 @pytest.fixture

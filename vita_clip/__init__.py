@@ -8,14 +8,24 @@ Public API::
     model.set_classes(["surfing", "juggling"], templates="class_only")   # zero-shot
     vita_clip.save_checkpoint(model, "model.pt"); model = vita_clip.load_model("model.pt")
 """
-from .backbone import TINY_BACKBONES, create_backbone, list_backbones
-from .checkpoint import read_checkpoint, save_checkpoint
-from .config import TextPromptConfig, ViFiCLIPConfig, VitaCLIPConfig
+from .checkpoints import read_checkpoint, save_checkpoint
 from .errors import CheckpointMismatchError, PretrainedWeightsUnavailable
-from .factory import count_parameters, create_model, get_model_config, list_models, load_model
-from .templates import TEMPLATES
-from .vifi import ViFiCLIP
-from .vita import VitaCLIP
+from .models import (
+                     TEMPLATES,
+                     TINY_BACKBONES,
+                     TextPromptConfig,
+                     ViFiCLIP,
+                     ViFiCLIPConfig,
+                     VitaCLIP,
+                     VitaCLIPConfig,
+                     count_parameters,
+                     create_backbone,
+                     create_model,
+                     get_model_config,
+                     list_backbones,
+                     list_models,
+                     load_model,
+)
 
 __version__ = "0.1.0"
 

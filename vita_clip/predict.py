@@ -9,68 +9,20 @@ OpenAI weights: frame-wise CLIP averaged over time, "a photo of a {}." prompts).
 checkpoint, its own prompts are used for classes it was trained on and hand-written templates
 (``--templates``) for others. Runs on a CPU. The same is available in Python::
 
-    from vita_clip.predict import predict
+    from vita_clip.inference import predict
     predict(["clip.mp4"], ["surfing", "juggling"], checkpoint="runs/k400/model.pt")
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
-from .data.dataset import load_clip
+from .data.classes import read_class_names
 from .data.errors import VideoDataError
 from .errors import PretrainedWeightsUnavailable
-
-
-@dataclass
-class Prediction:
-    video: str
-    top: list[tuple[str, float]]  # (class name, probability), most likely first
-
-    def as_dict(self) -> dict:
-        return {"video": self.video, "top": [{"class": c, "probability": p} for c, p in self.top]}
-
-
-@torch.no_grad()
-def predict(videos: Sequence[str | os.PathLike], classes: Sequence[str], *, checkpoint=None, model=None,
-            pretrained: str | None = None, templates: str | Sequence[str] | None = None, topk: int = 5,
-            views: tuple[int, int] = (1, 1), frames: int | None = None, device: str | None = None
-            ) -> list[Prediction]:
-    """Top-``topk`` classes of each video with their probabilities.
-
-    ``model`` may also be an already built VitaCLIP/ViFiCLIP instance. Raises
-    :class:`~vita_clip.data.VideoDataError` naming the video that cannot be read.
-    """
-    from .eval import default_data_config, load_or_create, run_data_config, use_classes
-
-    classes = [c.strip() for c in classes if c.strip()]
-    if not classes:
-        raise ValueError("no class names given")
-    if isinstance(model, torch.nn.Module):
-        net = model
-    else:
-        net = load_or_create(checkpoint, model, pretrained, classes, default_model="vifi-clip-b16")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    net.to(device).eval()
-    use_classes(net, classes, templates)
-    data = run_data_config(str(checkpoint) if checkpoint else None) or default_data_config(net, frames)
-    data = replace(data, sampling=replace(data.sampling, num_clips=views[0], **({"num_frames": frames} if frames else {})),
-                   transform=replace(data.transform, num_crops=views[1]), on_error="raise")
-    text = net.class_text_features()
-    out = []
-    for video in videos:
-        clip = load_clip(video, data)  # (V, T, 3, S, S)
-        probs = net(clip.to(device), text_features=text).float().softmax(-1).mean(0)
-        values, indices = probs.topk(min(topk, len(classes)))
-        out.append(Prediction(str(video), [(classes[i], float(v)) for v, i in zip(values, indices)]))
-    return out
+from .inference import parse_views, predict
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,9 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, help="frames per clip (default: the model's)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    from .eval import parse_views
-    from .data.lists import read_class_names
-
     try:
         classes = args.classes.split(",") if args.classes else read_class_names(args.classes_file)
         for video in args.videos:

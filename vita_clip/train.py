@@ -47,16 +47,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from .engine.config import load_config
     from .engine.trainer import train
+    from .models.registry import family_of
 
     overrides = list(args.overrides)
     if args.fused:
-        overrides.append("fused=true")
+        overrides.append("model.options.fused=true")
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     try:
         config = load_config(config_path(args.config), overrides)
-        if config.fused and not config.model.name.startswith("vita"):
-            raise ValueError(f"--fused applies to Vita-CLIP models; model.name is {config.model.name!r}")
+        if args.fused and not family_of(config.model.name).supports_fused:
+            raise ValueError(f"--fused applies to models with fused kernels (Vita-CLIP); model.name is "
+                             f"{config.model.name!r}")
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     result = train(config, resume=not args.no_resume)

@@ -14,32 +14,23 @@ Typical use::
             ...
         print(loader.report())                         # the videos that were skipped, and why
 
-``python -m vita_clip.data.demo`` generates a small real video dataset to try all of it.
+``python -m vita_clip.demo.dataset`` generates a small real video dataset to try all of it.
 """
 from . import protocols
-from .dataset import DataConfig, VideoDataset, load_clip
+from .batching import collate_clips
+from .classes import read_class_names
+from .config import DataConfig, DataSection
+from .dataset import VideoDataset, load_clip
 from .decode_cpu import VideoReader, read_frames
 from .errors import SkippedSample, VideoDataError
-from .lists import VideoEntry, read_class_names, read_video_list
-from .loader import VideoLoader, collate_clips
+from .lists import VideoEntry, read_video_list
+from .loader import VideoLoader
 from .sampling import SamplingConfig, sample_frame_indices
 from .transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, TransformConfig
 
 __all__ = [
-    "CLIP_MEAN", "CLIP_STD", "DataConfig", "DemoDataset", "IMAGENET_MEAN", "IMAGENET_STD", "SamplingConfig",
+    "CLIP_MEAN", "CLIP_STD", "DataConfig", "DataSection", "IMAGENET_MEAN", "IMAGENET_STD", "SamplingConfig",
     "SkippedSample", "TransformConfig", "VideoDataError", "VideoDataset", "VideoEntry", "VideoLoader",
-    "VideoReader", "collate_clips", "encode_video", "load_clip", "make_demo_dataset", "protocols", "read_class_names",
-    "read_frames", "read_video_list", "sample_frame_indices",
+    "VideoReader", "collate_clips", "load_clip", "protocols", "read_class_names", "read_frames", "read_video_list",
+    "sample_frame_indices",
 ]
-
-_DEMO_NAMES = ("DemoDataset", "encode_video", "make_demo_dataset")
-
-
-def __getattr__(name):
-    # demo is imported on first use: importing it here would make `python -m vita_clip.data.demo`
-    # run a module that is already imported (runpy warns about that)
-    if name in _DEMO_NAMES:
-        from . import demo
-
-        return getattr(demo, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

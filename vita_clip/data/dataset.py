@@ -13,7 +13,7 @@ pairs as keys (what :class:`~vita_clip.data.loader.VideoLoader` does, so that pe
 workers see the right epoch too).
 
 Under ``on_error="skip"`` (the default) a bad video gives a :class:`SkippedSample` instead of a
-sample; :func:`~vita_clip.data.loader.collate_clips` moves it to the batch's ``"skipped"``
+sample; :func:`~vita_clip.data.batching.collate_clips` moves it to the batch's ``"skipped"``
 list, and the loader lists all of them at the end of the epoch. Bad list lines are dropped
 when the list is read and kept in :attr:`VideoDataset.list_skipped`.
 """
@@ -21,79 +21,20 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from .classes import read_class_names
+from .config import DataConfig
 from .decode_cpu import VideoReader
-from .errors import SkippedSample, VideoDataError, check_on_error, format_skip_report
-from .lists import read_class_names, read_video_list
-from .sampling import SamplingConfig, sample_frame_indices, sample_rngs
-from .transforms import TransformConfig, transform_clip
+from .errors import SkippedSample, VideoDataError, format_skip_report
+from .lists import read_video_list
+from .sampling import sample_frame_indices, sample_rngs
+from .transforms import transform_clip
 
 logger = logging.getLogger(__name__)
-BACKENDS = ("auto", "cpu", "dali")
-
-
-@dataclass
-class DataConfig:
-    """Everything about turning list lines into model inputs.
-
-    Attributes:
-        sampling: which frames (default: Vita-CLIP's 8 frames at stride 16).
-        transform: crops, augmentation, normalisation (default: Vita-CLIP's).
-        seed: base of every random choice (with the epoch and the sample index).
-        on_error: ``"skip"`` (default: leave bad videos out and report them) or ``"raise"``.
-        backend: ``"cpu"`` (PyAV in DataLoader workers), ``"dali"`` (NVIDIA DALI; GPU decoding
-            when CUDA is present, else DALI's CPU decoder, which reads VP8/VP9/MJPEG only) or
-            ``"auto"`` (DALI when CUDA and DALI are available, else CPU).
-        decode_threads: FFmpeg threads per video for the CPU backend (1 suits DataLoader workers).
-    """
-
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    transform: TransformConfig = field(default_factory=TransformConfig)
-    seed: int = 0
-    on_error: str = "skip"
-    backend: str = "auto"
-    decode_threads: int = 1
-
-    def __post_init__(self):
-        check_on_error(self.on_error)
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-
-    @classmethod
-    def vita_clip(cls, num_frames: int = 8, stride: int = 16, num_clips: int = 3, num_crops: int = 1,
-                  size: int = 224, **kwargs) -> "DataConfig":
-        """Vita-CLIP's recipe: dense sampling, RandAugment + random-resized crop, no flip, CLIP
-        mean/std; test: ``num_clips`` x ``num_crops`` views (the original evaluates 3 x 1)."""
-        return cls(sampling=SamplingConfig(num_frames=num_frames, mode="dense", stride=stride, num_clips=num_clips),
-                   transform=TransformConfig(size=size, num_crops=num_crops), **kwargs)
-
-    @classmethod
-    def vifi_clip(cls, num_frames: int = 16, num_clips: int = 1, num_crops: int = 1, size: int = 224,
-                  **kwargs) -> "DataConfig":
-        """ViFi-CLIP's recipe: TSN segment sampling, multi-scale crop, flip, colour jitter,
-        ImageNet mean/std; test: segment centres, short side 256 and a centre crop (1 view)."""
-        return cls(sampling=SamplingConfig(num_frames=num_frames, mode="segment", num_clips=num_clips),
-                   transform=TransformConfig.vifi_clip(size=size, num_crops=num_crops), **kwargs)
-
-
-def resolve_backend(backend: str) -> str:
-    """``"auto"`` -> ``"dali"`` when CUDA and DALI are usable, else ``"cpu"``."""
-    if backend != "auto":
-        return backend
-    if not torch.cuda.is_available():
-        return "cpu"
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
-        return "cpu"
-    return "dali"
 
 
 def plan_clip(config: DataConfig, train: bool, index: int, epoch: int, num_video_frames: int

@@ -256,17 +256,11 @@ class VideoReader:
     def close(self) -> None:
         self._container.close()
 
-    def __enter__(self) -> "VideoReader":
+    def __enter__(self) -> VideoReader:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def probe_video(source, name: str | None = None) -> VideoIndex:
-    """Index a video without decoding it (frame count, codec, size, timestamps)."""
-    with VideoReader(source, name=name) as reader:
-        return reader.index
 
 
 def read_frames(path: str | os.PathLike, indices, threads: int = 1) -> np.ndarray:

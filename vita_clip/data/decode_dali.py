@@ -122,10 +122,9 @@ class DaliDecoder:
                 self._pipeline = _build_pipeline(self.batch_size, self.device, self.num_threads)
         return results
 
-    def decode_batch(self, indices: list[int], epoch: int) -> dict:
-        """The collated batch of dataset items ``indices`` for ``epoch`` (see ``collate_clips``)."""
-        from .loader import collate_clips
-
+    def decode_samples(self, indices: list[int], epoch: int) -> list[dict | SkippedSample]:
+        """The samples of dataset items ``indices`` for ``epoch``, a :class:`SkippedSample` for
+        each bad video (collated by :func:`~vita_clip.data.batching.collate_clips`)."""
         samples: list[dict | SkippedSample | None] = [None] * len(indices)
         jobs: list[_Job] = []
         raise_errors = self.dataset.config.on_error == "raise"
@@ -147,17 +146,5 @@ class DaliDecoder:
                 samples[job.position] = SkippedSample.from_error(frames, job.index)
             else:
                 samples[job.position] = self.dataset.finish(job.index, frames, job.frame_indices, job.augment_rng)
-        return collate_clips(samples)
+        return samples
 
-
-def read_frames_dali(path: str | os.PathLike, indices, device: int | None = None) -> torch.Tensor:
-    """Decode the frames at ``indices`` of one file with DALI: uint8 ``(N, H, W, 3)``, on the
-    GPU ``device``, or on the CPU when ``device`` is ``None`` (VP8/VP9/MJPEG only)."""
-    path = str(path)
-    with VideoReader(path) as reader:
-        _check_codec(path, reader.index.codec, device)
-    pipeline = _build_pipeline(1, device, 1)
-    pipeline.feed_input("encoded", [np.fromfile(path, dtype=np.uint8)])
-    pipeline.feed_input("frames", [np.asarray(indices, dtype=np.int32).reshape(-1)])
-    (output,) = pipeline.run()
-    return torch.from_dlpack(output[0]).clone()  # the pipeline and its buffers go away

@@ -46,7 +46,7 @@ class SkippedSample:
     line: int | None = None
 
     @classmethod
-    def from_error(cls, error: VideoDataError, index: int | None = None) -> "SkippedSample":
+    def from_error(cls, error: VideoDataError, index: int | None = None) -> SkippedSample:
         return cls(index=index, path=error.path, reason=error.reason, line=error.line)
 
     def __str__(self) -> str:

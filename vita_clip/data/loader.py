@@ -1,12 +1,8 @@
 """Batches for training and evaluation, with epochs and a list of what was skipped.
 
-:class:`VideoLoader` wraps a :class:`~vita_clip.data.dataset.VideoDataset` for either backend:
-
-* ``cpu``: a torch ``DataLoader`` over the dataset (PyAV decoding in the workers);
-* ``dali``: :class:`~vita_clip.data.decode_dali.DaliDecoder` decodes each batch in the main
-  process, on the GPU when there is one; the same transforms then run where the frames are.
-
-Both yield the same batches for the same (seed, epoch, sampler)::
+:class:`VideoLoader` wraps a :class:`~vita_clip.data.dataset.VideoDataset` for either backend
+(see :mod:`vita_clip.data.batching`); both yield the same batches for the same (seed, epoch,
+sampler)::
 
     {"video": (B, T, 3, S, S) or (B, V, T, 3, S, S), "label": (B,) int64, "index": (B,) int64,
      "skipped": [SkippedSample, ...]}
@@ -17,31 +13,17 @@ Batches whose videos were all skipped are not yielded; every skipped video is li
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSampler
 
-from .dataset import VideoDataset, resolve_backend
+from .batching import batch_stream, resolve_backend
+from .dataset import VideoDataset
 from .errors import SkippedSample, format_skip_report
 
 logger = logging.getLogger(__name__)
-
-
-def collate_clips(samples: list[dict | SkippedSample]) -> dict:
-    """Stack samples into a batch; skipped samples go to ``batch["skipped"]`` (``video`` is
-    ``None`` when all of them were skipped)."""
-    kept = [s for s in samples if not isinstance(s, SkippedSample)]
-    skipped = [s for s in samples if isinstance(s, SkippedSample)]
-    if not kept:
-        return {"video": None, "label": None, "index": None, "skipped": skipped}
-    return {
-        "video": torch.stack([s["video"] for s in kept]),
-        "label": torch.tensor([s["label"] for s in kept], dtype=torch.int64),
-        "index": torch.tensor([s["index"] for s in kept], dtype=torch.int64),
-        "skipped": skipped,
-    }
 
 
 class _WithEpoch(Sampler):
@@ -101,59 +83,31 @@ class VideoLoader:
         else:
             self._generator = None
         self.sampler = sampler
-        self._drop_last = drop_last
-        if self.backend == "cpu":
-            # not a reference to self: a cycle would leave persistent workers to the garbage
-            # collector, whose shutdown of them waits for timeouts
-            self._keys = _WithEpoch(sampler)
-            self._loader = DataLoader(
-                dataset, batch_size=batch_size, sampler=self._keys, drop_last=drop_last,
-                num_workers=num_workers, collate_fn=collate_clips, pin_memory=pin_memory,
-                persistent_workers=persistent_workers and num_workers > 0,
-                prefetch_factor=prefetch_factor if num_workers > 0 else None)
-        elif self.backend == "dali":
-            from .decode_dali import DaliDecoder  # DALI is an optional dependency
-
-            if device == -1:
-                device = torch.cuda.current_device() if torch.cuda.is_available() else None
-            self._decoder = DaliDecoder(dataset, batch_size=batch_size, device=device)
-        else:
-            raise ValueError(f"backend must be 'cpu', 'dali' or 'auto', got {self.backend!r}")
+        # not a reference to self: a cycle would leave persistent workers to the garbage
+        # collector, whose shutdown of them waits for timeouts
+        self._keys = _WithEpoch(sampler)
+        self._batches = batch_stream(dataset, BatchSampler(self._keys, batch_size, drop_last), batch_size,
+                                     backend=self.backend, num_workers=num_workers, pin_memory=pin_memory,
+                                     persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,
+                                     device=device)
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch``: new random clips, a new shuffle order, a fresh skip list."""
         self.epoch = int(epoch)
-        if self.backend == "cpu":
-            self._keys.epoch = self.epoch
+        self._keys.epoch = self.epoch
         self.dataset.set_epoch(epoch)
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
-        if self.backend == "cpu":
-            return len(self._loader)
-        n = len(self.sampler)
-        return n // self.batch_size if self._drop_last else -(-n // self.batch_size)
-
-    def _index_batches(self) -> Iterator[list[int]]:
-        batch: list[int] = []
-        for i in self.sampler:
-            batch.append(int(i))
-            if len(batch) == self.batch_size:
-                yield batch
-                batch = []
-        if batch and not self._drop_last:
-            yield batch
+        return len(self._batches)
 
     def __iter__(self) -> Iterator[dict]:
         self.skipped = []
         if self._generator is not None:
             self._generator.manual_seed(int(np.random.SeedSequence([self.dataset.config.seed, self.epoch])
                                             .generate_state(1)[0]))
-        if self.backend == "cpu":
-            batches = iter(self._loader)
-        else:
-            batches = (self._decoder.decode_batch(indices, self.epoch) for indices in self._index_batches())
+        batches = iter(self._batches)
         try:
             for batch in batches:
                 self.skipped.extend(batch["skipped"])
@@ -163,7 +117,7 @@ class VideoLoader:
             # After an error or an early break torch leaves its worker processes to the garbage
             # collector, whose shutdown waits seconds per worker: stop them now.
             shutdown = getattr(batches, "_shutdown_workers", None)
-            if shutdown is not None and not self._loader.persistent_workers:
+            if shutdown is not None and not self._batches.persistent_workers:
                 shutdown()
         if self.skipped:
             logger.warning(format_skip_report(self.skipped, f"epoch {self.epoch}: videos skipped"))

@@ -18,13 +18,18 @@ Names (see :func:`available`):
 
 Each split knows the class list its labels index (:func:`split_classes`). Video paths in the
 splits are relative: give the folder holding your copy of the videos as ``data_root``.
+
+The evaluation protocols (:data:`PROTOCOLS`) name the splits they evaluate and how their numbers
+combine (:func:`combine`): mean +- std over splits, or base / novel and their harmonic mean.
 """
 from __future__ import annotations
 
+import statistics
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .lists import read_class_names
+from .classes import read_class_names
 
 _B2N_DATASETS = {"k400": "k400", "hmdb51": "hmdb", "ucf101": "ucf", "ssv2": "ssv2"}
 
@@ -101,3 +106,58 @@ def split_classes(name: str) -> str:
 def available() -> dict[str, list[str]]:
     """All shipped names: ``{"class_lists": [...], "splits": [...]}``."""
     return {"class_lists": sorted(LABEL_FILES), "splits": sorted(SPLIT_FILES)}
+
+
+def resolve_classes(spec: str | None, fallback: list[str] | None = None) -> list[str]:
+    """A class list from a file or a shipped label-file name (``k400``, ``ucf101``, ...)."""
+    if spec is None:
+        if fallback is None:
+            raise ValueError("data.classes: give a class file or a shipped class list name "
+                             f"({', '.join(sorted(LABEL_FILES))})")
+        return fallback
+    if spec in LABEL_FILES:
+        return class_names(spec)
+    if not Path(spec).is_file():
+        raise FileNotFoundError(f"data.classes: {spec!r} is neither a file nor a shipped class list "
+                                f"({', '.join(sorted(LABEL_FILES))})")
+    return read_class_names(spec)
+
+
+# -- evaluation protocols ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Named groups of (split, class list) evaluations and how their numbers combine."""
+
+    name: str
+    parts: tuple[tuple[str, str], ...]  # (label shown, split name)
+    combine: str  # "mean_std", "base_novel" or "single"
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "zs-ucf101": Protocol("zs-ucf101", tuple((f"split {k}", f"ucf101/val{k}") for k in (1, 2, 3)), "mean_std"),
+    "zs-hmdb51": Protocol("zs-hmdb51", tuple((f"split {k}", f"hmdb51/val{k}") for k in (1, 2, 3)), "mean_std"),
+    "zs-k600": Protocol("zs-k600", tuple((f"split {k}", f"k600/zs_split{k}") for k in (1, 2, 3)), "mean_std"),
+    **{f"b2n-{d}": Protocol(f"b2n-{d}", (("base", f"base2novel/{d}/base_val"), ("novel", f"base2novel/{d}/novel_val")),
+                            "base_novel") for d in ("k400", "hmdb51", "ucf101", "ssv2")},
+    "fs-hmdb51": Protocol("fs-hmdb51", (("val", "hmdb51/val1"),), "single"),
+    "fs-ucf101": Protocol("fs-ucf101", (("val", "ucf101/val1"),), "single"),
+    "fs-ssv2": Protocol("fs-ssv2", (("val", "ssv2/validation"),), "single"),
+}
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+
+
+def combine(protocol: str, rows: list[dict]) -> dict:
+    """The protocol's summary numbers from per-part results."""
+    kind = PROTOCOLS[protocol].combine if protocol in PROTOCOLS else "single"
+    top1 = [r["top1"] for r in rows]
+    if kind == "mean_std":
+        return {"top1_mean": statistics.mean(top1), "top1_std": statistics.pstdev(top1),
+                "top5_mean": statistics.mean(r["top5"] for r in rows)}
+    if kind == "base_novel":
+        return {"base": top1[0], "novel": top1[1], "hm": harmonic_mean(top1[0], top1[1])}
+    return {"top1": top1[0], "top5": rows[0]["top5"]}

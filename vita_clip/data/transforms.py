@@ -81,7 +81,7 @@ class TransformConfig:
         self.crop_scale, self.crop_ratio, self.scales = tuple(self.crop_scale), tuple(self.crop_ratio), tuple(self.scales)
 
     @classmethod
-    def vifi_clip(cls, size: int = 224, num_crops: int = 1) -> "TransformConfig":
+    def vifi_clip(cls, size: int = 224, num_crops: int = 1) -> TransformConfig:
         """ViFi-CLIP's recipe: multi-scale crop, flip, colour jitter, grey, ImageNet mean/std;
         test: short side 256 and a centre crop, or 224 and three crops."""
         return cls(size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD, train_crop="multi_scale",

@@ -5,11 +5,10 @@ import math
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader
 
-from ..data.dataset import VideoDataset, resolve_backend
+from ..data.batching import batch_stream
+from ..data.dataset import VideoDataset
 from ..data.errors import SkippedSample
-from ..data.loader import collate_clips
 from .sampler import StepSampler
 
 
@@ -35,43 +34,20 @@ class MicroBatchSampler(torch.utils.data.Sampler):
 
 class StepBatches:
     """Yields ``(step, micro_batches, skipped)`` for this process: the micro-batch dicts of one
-    optimizer step (see :func:`~vita_clip.data.loader.collate_clips`) and the samples skipped
+    optimizer step (see :func:`~vita_clip.data.batching.collate_clips`) and the samples skipped
     in it."""
 
     def __init__(self, dataset: VideoDataset, steps: StepSampler, micro_batch_size: int, num_workers: int = 0,
                  pin_memory: bool = False, device: torch.device | None = None):
         self.dataset, self.steps = dataset, steps
         self.micro = MicroBatchSampler(steps, micro_batch_size)
-        self.backend = resolve_backend(dataset.config.backend)
-        if self.backend == "cpu":
-            self.loader = DataLoader(dataset, batch_sampler=self.micro, num_workers=num_workers,
-                                     collate_fn=collate_clips, pin_memory=pin_memory,
-                                     persistent_workers=False)
-        else:
-            from ..data.decode_dali import DaliDecoder
-
-            index = device.index if device is not None and device.type == "cuda" else None
-            self.decoder = DaliDecoder(dataset, batch_size=micro_batch_size, device=index)
-
-    def _dali_batches(self) -> Iterator[dict]:
-        for keys in self.micro:
-            parts = []
-            for epoch in sorted({e for _, e in keys}):  # DALI decodes one epoch per call
-                parts.append(self.decoder.decode_batch([i for i, e in keys if e == epoch], epoch))
-            yield _concat(parts)
+        dali_device = device.index if device is not None and device.type == "cuda" else None
+        self.batches = batch_stream(dataset, self.micro, micro_batch_size, num_workers=num_workers,
+                                    pin_memory=pin_memory, device=dali_device)
 
     def __iter__(self) -> Iterator[tuple[int, list[dict], list[SkippedSample]]]:
-        batches = iter(self.loader) if self.backend == "cpu" else self._dali_batches()
+        batches = iter(self.batches)
         for step in range(self.steps.start, self.steps.total):
             micro = [next(batches) for _ in range(self.micro.micro_per_step)]
             skipped = [s for b in micro for s in b["skipped"]]
             yield step, [b for b in micro if b["video"] is not None], skipped
-
-
-def _concat(parts: list[dict]) -> dict:
-    kept = [p for p in parts if p["video"] is not None]
-    skipped = [s for p in parts for s in p["skipped"]]
-    if not kept:
-        return {"video": None, "label": None, "index": None, "skipped": skipped}
-    return {"video": torch.cat([p["video"] for p in kept]), "label": torch.cat([p["label"] for p in kept]),
-            "index": torch.cat([p["index"] for p in kept]), "skipped": skipped}

@@ -40,8 +40,8 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(rank, world, local)
 
 
-def all_reduce_sum_(tensors: list[torch.Tensor], info: DistInfo) -> None:
-    """Sum ``tensors`` in place over processes, with one flat all-reduce."""
+def all_reduce_sum_flat(tensors: list[torch.Tensor], info: DistInfo) -> None:
+    """Sum each of ``tensors`` in place over processes, with one all-reduce of them all flattened."""
     if not info.enabled or not tensors:
         return
     flat = torch.cat([t.reshape(-1).float() for t in tensors])
@@ -61,6 +61,7 @@ def broadcast_(tensors: list[torch.Tensor], info: DistInfo) -> None:
 
 
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum one tensor in place over processes; returns it."""
     if info.enabled:
         dist.all_reduce(values)
     return values

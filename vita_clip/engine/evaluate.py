@@ -1,4 +1,5 @@
-"""Multi-view evaluation: every test view of a video through the model, softmax averaged."""
+"""Multi-view evaluation (every test view of a video through the model, softmax averaged) and the
+published protocols built on it (:func:`evaluate_protocol`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,9 +7,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..data.config import DataConfig
 from ..data.dataset import VideoDataset
 from ..data.errors import SkippedSample
 from ..data.loader import VideoLoader
+from ..data.protocols import PROTOCOLS, class_names, combine, split_classes, split_file
+from ..inference import use_classes
 from .distributed import DistInfo, all_reduce_sum
 from .metrics import topk_correct
 from .step import autocast_context
@@ -88,3 +92,27 @@ def evaluate(model: nn.Module, dataset: VideoDataset, batch_size: int = 4, devic
     class_top1 = [100 * float(h) / float(c) if c else None for h, c in zip(*per_class.tolist())]
     return EvalResult(top1=100 * float(totals[0]) / n, top5=100 * float(totals[1]) / n, videos=n,
                       skipped=list(loader.skipped), per_class=class_top1)
+
+
+def evaluate_protocol(model, protocol: str, data_root: str, data: DataConfig, batch_size: int = 4,
+                      templates: str | None = None, val_list: str | None = None, classes: list[str] | None = None,
+                      device=None, num_workers: int = 2, limit: int | None = None) -> dict:
+    """Evaluate ``model`` under ``protocol``; returns ``{"parts": [...], "summary": {...}}``."""
+    if protocol == "supervised":
+        if val_list is None:
+            raise ValueError("protocol 'supervised' needs --val-list")
+        parts = [("val", val_list, classes or model.classnames)]
+    elif protocol in PROTOCOLS:
+        parts = [(label, str(split_file(split)), class_names(split_classes(split)))
+                 for label, split in PROTOCOLS[protocol].parts]
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}; known: supervised, {', '.join(PROTOCOLS)}")
+    rows = []
+    for label, list_file, names in parts:
+        how = use_classes(model, names, templates)
+        dataset = VideoDataset(list_file, data_root, names, train=False, config=data)
+        if limit is not None:
+            dataset.entries = dataset.entries[:limit]
+        result = evaluate(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers)
+        rows.append({"part": label, "list": list_file, "classes": len(names), "text": how, **result.as_dict()})
+    return {"protocol": protocol, "parts": rows, "summary": combine(protocol, rows)}

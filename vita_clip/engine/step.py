@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import DistInfo, all_reduce_sum, all_reduce_sum_
+from .distributed import DistInfo, all_reduce_sum, all_reduce_sum_flat
 
 
 @dataclass
@@ -72,7 +72,7 @@ def train_step(model: nn.Module, micro_batches: list[tuple[torch.Tensor, torch.T
         for p in params:
             if p.grad is None:  # every process must contribute the same tensors
                 p.grad = torch.zeros_like(p)
-        all_reduce_sum_([p.grad for p in params], dist_info)
+        all_reduce_sum_flat([p.grad for p in params], dist_info)
     if scaler is not None:
         scaler.unscale_(optimizer)
     grad_norm = None

@@ -12,21 +12,20 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from .. import factory
-from ..checkpoint import save_checkpoint
-from ..data.dataset import DataConfig, VideoDataset
+from ..checkpoints.io import save_checkpoint
+from ..checkpoints.training import latest_checkpoint, restore_training_state, save_training_state
+from ..config_builder import config_to_dict
+from ..data.dataset import VideoDataset
 from ..data.errors import format_skip_report
-from ..data.lists import read_class_names
-from ..data.protocols import LABEL_FILES, SPLIT_FILES, class_names, split_file
+from ..data.protocols import SPLIT_FILES, resolve_classes, split_file
+from ..models.registry import create_model, get_model_config
 from .batches import StepBatches
-from ..config import config_to_dict
 from .config import DEMO_PRETRAINED, TrainConfig
 from .distributed import DistInfo, barrier, broadcast_, cleanup, init_distributed
 from .evaluate import evaluate
 from .metrics import MetricsWriter, plot_metrics, setup_logging
 from .optim import build_optimizer, build_scheduler
 from .sampler import StepSampler
-from .state import latest_checkpoint, restore_training_state, save_training_state
 from .step import train_step
 
 logger = logging.getLogger("vita_clip")
@@ -44,26 +43,11 @@ def resolve_device(name: str, dist_info: DistInfo | None = None) -> torch.device
     return device
 
 
-def resolve_classes(spec: str | None, fallback: list[str] | None = None) -> list[str]:
-    """A class list from a file or a shipped label-file name (``k400``, ``ucf101``, ...)."""
-    if spec is None:
-        if fallback is None:
-            raise ValueError("data.classes: give a class file or a shipped class list name "
-                             f"({', '.join(sorted(LABEL_FILES))})")
-        return fallback
-    if spec in LABEL_FILES:
-        return class_names(spec)
-    if not Path(spec).is_file():
-        raise FileNotFoundError(f"data.classes: {spec!r} is neither a file nor a shipped class list "
-                                f"({', '.join(sorted(LABEL_FILES))})")
-    return read_class_names(spec)
-
-
 def prepare_data(config: TrainConfig, dist_info: DistInfo) -> tuple[TrainConfig, list[str]]:
     """Fill in the demo dataset if asked for; resolve shipped split names; check the lists exist."""
     data = config.data
     if data.demo:
-        from ..data.demo import make_demo_dataset
+        from ..demo.dataset import make_demo_dataset
 
         if dist_info.is_main:
             logger.info("data.demo: training on the generated demo dataset in %s", data.demo_dir)
@@ -90,9 +74,9 @@ def prepare_data(config: TrainConfig, dist_info: DistInfo) -> tuple[TrainConfig,
 def _demo_backbone(config: TrainConfig, dist_info: DistInfo) -> Path:
     """``model.pretrained: demo``: the tiny CLIP pretrained on rendered frames, made once (by the
     main process) and cached in ``data.demo_dir``."""
-    from ..demo_backbone import demo_backbone
+    from ..demo.backbone import demo_backbone
 
-    backbone = factory.get_model_config(config.model.name, **config.model.options).backbone
+    backbone = get_model_config(config.model.name, **config.model.options).backbone
     return main_process_first(dist_info, lambda main: demo_backbone(config.data.demo_dir, backbone,
                                                                     log=logger.info if main else None))
 
@@ -108,25 +92,11 @@ def main_process_first(dist_info: DistInfo, make):
     return result
 
 
-def data_config(config: TrainConfig, train: bool) -> DataConfig:
-    sampling = config.data.sampling
-    transform = config.data.transform
-    if not train:
-        sampling = replace(sampling, num_clips=config.eval_views[0])
-        transform = replace(transform, num_crops=config.eval_views[1])
-    return DataConfig(sampling=sampling, transform=transform, seed=config.seed, on_error=config.data.on_error,
-                      backend=config.data.backend)
-
-
 def build_model(config: TrainConfig, classnames: list[str], device: torch.device):
     options = dict(config.model.options)
     options.setdefault("num_frames", config.data.sampling.num_frames)
-    if config.fused:
-        options["fused"] = True
-    if config.model.name.startswith("vifi"):
-        options.pop("fused", None)
     kwargs = {} if config.model.pretrained == "default" else {"pretrained": config.model.pretrained}
-    model = factory.create_model(config.model.name, classnames, checkpoint=config.model.checkpoint, **kwargs, **options)
+    model = create_model(config.model.name, classnames, checkpoint=config.model.checkpoint, **kwargs, **options)
     return model.to(device)
 
 
@@ -146,11 +116,11 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, dist_info: D
     torch.manual_seed(config.seed)
     config, classnames = prepare_data(config, dist_info)
     train_set = VideoDataset(config.data.train_list, config.data.data_root, classnames, train=True,
-                             config=data_config(config, train=True))
+                             config=config.data.data_config(config.seed))
     val_set = None
     if config.data.val_list is not None:
         val_set = VideoDataset(config.data.val_list, config.data.data_root, classnames, train=False,
-                               config=data_config(config, train=False))
+                               config=config.data.data_config(config.seed, test_views=config.eval_views))
 
     model = build_model(config, classnames, device)
     if model.image_size[0] != config.data.transform.size:

@@ -1,0 +1,162 @@
+"""Helpers the tests share (on the test path through pyproject's ``pythonpath``; never import a
+test file or ``conftest``)."""
+from __future__ import annotations
+
+import os
+
+import av
+import numpy as np
+import torch
+
+from vita_clip import VitaCLIP, VitaCLIPConfig
+from vita_clip.checkpoints.io import load_state_dict_checked
+from vita_clip.checkpoints.original import convert_vita_state_dict
+from vita_clip.data import decode_dali
+from vita_clip.data.decode_cpu import VideoReader
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Relative error ``|actual - expected| / |expected|`` in float64, on the CPU."""
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+
+
+# -- the golden outputs of the original Vita-CLIP (the ``golden`` fixture of conftest.py) ----------
+
+
+def variant_state_dict(golden: dict, name: str) -> dict:
+    variant = golden["variants"][name]
+    return {k: variant["state_dict_delta"].get(k, golden["state_dict"][k]) for k in variant["state_dict_keys"]}
+
+
+def vita_config_from_original_kwargs(kwargs: dict, backbone: str) -> dict:
+    """Config fields of :class:`~vita_clip.VitaCLIPConfig` for the keyword arguments of the
+    original ``VitaCLIP(...)`` constructor (its training script's arguments).
+
+    The architecture arguments (width, layers, heads, patch and input size, text tower) must
+    match the open_clip ``backbone`` config; a mismatch raises naming the argument.
+    """
+    import open_clip
+
+    cfg = open_clip.get_model_config(backbone)
+    if cfg is None:
+        raise ValueError(f"unknown backbone {backbone!r}")
+    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
+    width = vision["width"]
+    heads = width // vision.get("head_width", 64)
+    image = vision["image_size"]
+    expected = {
+        "feature_dim": width, "num_layers": vision["layers"], "num_heads": heads, "embed_dim": cfg["embed_dim"],
+        "patch_size": (vision["patch_size"],) * 2, "input_size": (image,) * 2 if isinstance(image, int) else tuple(image),
+        "mlp_factor": vision.get("mlp_ratio", 4.0),
+        "text_transformer_width": text["width"], "text_transformer_heads": text["heads"],
+        "text_transformer_layers": text["layers"], "text_context_length": text["context_length"],
+        "text_vocab_size": text["vocab_size"],
+    }
+    for key, value in expected.items():
+        given = kwargs.get(key)
+        if given is not None and (tuple(given) if isinstance(given, (list, tuple)) else given) != value:
+            raise ValueError(f"original argument {key}={given!r} does not match backbone {backbone!r} ({value!r})")
+    return {
+        "backbone": backbone,
+        "num_frames": kwargs.get("num_frames", 16),
+        "use_summary_token": kwargs.get("use_summary_token", False),
+        "use_local_prompts": kwargs.get("use_local_prompts", False),
+        "use_global_prompts": kwargs.get("use_global_prompts", False),
+        "num_global_prompts": kwargs.get("num_global_prompts", 8),
+        "train_cls_proj": False,  # the released behaviour
+        "text": {
+            "n_ctx": kwargs.get("text_num_prompts", 8),
+            "ctx_init": kwargs.get("text_prompt_init", ""),
+            "class_specific": kwargs.get("text_prompt_CSC", False),
+            "position": kwargs.get("text_prompt_pos", "end"),
+        },
+    }
+
+
+def build_golden_model(golden: dict, variant: str | None = None) -> VitaCLIP:
+    """The model the original constructor arguments describe, with the converted weights."""
+    original = golden["config"] if variant is None else golden["variants"][variant]["config"]
+    config = VitaCLIPConfig(pretrained=None, **vita_config_from_original_kwargs(original, backbone="ViT-Tiny-16"))
+    model = VitaCLIP(config, golden["classes"]).eval()
+    state = golden["state_dict"] if variant is None else variant_state_dict(golden, variant)
+    load_state_dict_checked(model, convert_vita_state_dict(state), source="golden_tiny.pt")
+    return model
+
+
+def golden_video(golden: dict) -> torch.Tensor:
+    return golden["video"].permute(0, 2, 1, 3, 4)  # original (B, C, T, H, W) -> ours (B, T, C, H, W)
+
+
+# -- fused-op inputs --------------------------------------------------------------------------------
+
+
+def prompt_inputs(videos, frames, tokens, heads, head_dim, local, n_global, summary, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
+
+    f = videos * frames
+    tensors = {"q": r(f, heads, tokens, head_dim), "k": r(f, heads, tokens, head_dim), "v": r(f, heads, tokens, head_dim)}
+    if local:
+        tensors |= {"k_local": r(videos, heads, frames, head_dim), "v_local": r(videos, heads, frames, head_dim)}
+    if n_global:
+        tensors |= {"k_global": r(heads, n_global, head_dim), "v_global": r(heads, n_global, head_dim)}
+    if summary:
+        tensors |= {"k_summary": r(f, heads, head_dim), "v_summary": r(f, heads, head_dim)}
+    return tensors
+
+
+# -- videos ------------------------------------------------------------------------------------------
+
+
+def make_bad_files(folder, clips):
+    """Every kind of broken video, by name."""
+    good_mp4, good_webm = open(clips["h264"], "rb").read(), open(clips["vp9"], "rb").read()
+    bad = {"missing": folder / "missing.mp4", "directory": folder / "a_folder.mp4"}
+    bad["directory"].mkdir()
+    bad["empty"] = folder / "empty.mp4"
+    bad["empty"].write_bytes(b"")
+    bad["garbage"] = folder / "garbage.mp4"
+    bad["garbage"].write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    bad["truncated_mp4"] = folder / "truncated.mp4"  # the index (moov) is at the end: gone
+    bad["truncated_mp4"].write_bytes(good_mp4[: len(good_mp4) // 2])
+    bad["truncated_webm"] = folder / "truncated.webm"  # header says 1.6 s, packets stop early
+    bad["truncated_webm"].write_bytes(good_webm[: len(good_webm) // 3])
+    bad["no_frames"] = folder / "no_frames.avi"  # a video stream without a single frame
+    with av.open(str(bad["no_frames"]), "w") as container:
+        stream = container.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"
+        container.start_encoding()
+    bad["no_video"] = folder / "no_video.mp4"  # a container with no usable video stream
+    with av.open(str(bad["no_video"]), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height = 64, 48
+        container.start_encoding()
+    return {name: str(path) for name, path in bad.items()}
+
+
+EXPECTED_REASONS = {
+    "missing": "file not found",
+    "directory": "is a directory",
+    "empty": "empty file (0 bytes)",
+    "garbage": "not a readable video container",
+    "truncated_mp4": "not a readable video container",
+    "truncated_webm": "truncated: the container declares 1.60 s",
+    "no_frames": "the video stream has no frames",
+    "no_video": "no video stream",
+}
+
+
+def read_frames_dali(path: str | os.PathLike, indices, device: int | None = None) -> torch.Tensor:
+    """Decode the frames at ``indices`` of one file with DALI: uint8 ``(N, H, W, 3)``, on the
+    GPU ``device``, or on the CPU when ``device`` is ``None`` (VP8/VP9/MJPEG only)."""
+    path = str(path)
+    with VideoReader(path) as reader:
+        decode_dali._check_codec(path, reader.index.codec, device)
+    pipeline = decode_dali._build_pipeline(1, device, 1)
+    pipeline.feed_input("encoded", [np.fromfile(path, dtype=np.uint8)])
+    pipeline.feed_input("frames", [np.asarray(indices, dtype=np.int32).reshape(-1)])
+    (output,) = pipeline.run()
+    return torch.from_dlpack(output[0]).clone()  # the pipeline and its buffers go away
