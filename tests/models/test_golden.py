@@ -4,38 +4,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import rel_err, variant_state_dict, vita_config_from_original_kwargs
-from vita_clip import VitaCLIP, VitaCLIPConfig, create_model
-from vita_clip.checkpoints.io import atomic_save, load_state_dict_checked
-from vita_clip.checkpoints.original import convert_vita_state_dict
+from helpers import build_golden_model, golden_video, rel_err
+from vita_clip import VitaCLIP, create_model
+from vita_clip.checkpoints.io import atomic_save
 from vita_clip.models.vita_vision import strip_prompt_tokens
 
 TOL = 1e-5
 
 
-def build(golden: dict, variant: str | None = None) -> VitaCLIP:
-    """The model the original constructor arguments describe, with the converted weights."""
-    original = golden["config"] if variant is None else golden["variants"][variant]["config"]
-    config = VitaCLIPConfig(pretrained=None, **vita_config_from_original_kwargs(original, backbone="ViT-Tiny-16"))
-    model = VitaCLIP(config, golden["classes"]).eval()
-    state = golden["state_dict"] if variant is None else variant_state_dict(golden, variant)
-    load_state_dict_checked(model, convert_vita_state_dict(state), source="golden_tiny.pt")
-    return model
-
-
-def video_of(golden: dict) -> torch.Tensor:
-    return golden["video"].permute(0, 2, 1, 3, 4)  # original (B, C, T, H, W) -> ours (B, T, C, H, W)
-
-
 def test_tokenized_prompts_match(golden):
-    model = build(golden)
+    model = build_golden_model(golden)
     assert torch.equal(model.prompt_learner.tokenized_prompts, golden["tokenized_prompts"].long())
 
 
 def test_logits_match(golden):
-    model = build(golden)
+    model = build_golden_model(golden)
     with torch.no_grad():
-        logits = model(video_of(golden))
+        logits = model(golden_video(golden))
     assert logits.shape == golden["logits"].shape
     assert rel_err(logits, golden["logits"]) <= TOL
 
@@ -81,8 +66,8 @@ def capture_intermediates(model: VitaCLIP, video: torch.Tensor) -> dict[str, tor
 
 
 def test_every_intermediate_matches(golden):
-    model = build(golden)
-    seen = capture_intermediates(model, video_of(golden))
+    model = build_golden_model(golden)
+    seen = capture_intermediates(model, golden_video(golden))
     expected = golden["intermediates"]
     assert set(expected) <= set(seen)
     for name, value in expected.items():
@@ -97,12 +82,12 @@ VARIANTS = ["no_vision_prompts", "summary_only", "local_only", "global_only",
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_matches(golden, variant):
     expected = golden["variants"][variant]
-    model = build(golden, variant)
+    model = build_golden_model(golden, variant)
     assert torch.equal(model.prompt_learner.tokenized_prompts, expected["tokenized_prompts"].long())
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert len(trainable) == len(expected["trainable_parameters"])  # released behaviour: cls_proj frozen
     with torch.no_grad():
-        video_features = model.encode_video(video_of(golden))
+        video_features = model.encode_video(golden_video(golden))
         text_features = model.encode_text()
         logits = model.logits(video_features, text_features)
     assert rel_err(video_features, expected["video_features"]) <= TOL
@@ -114,10 +99,10 @@ def test_zero_shot_class_only_matches(golden):
     """The released zero-shot constructor crashes; ours builds bare-class-name features from
     the frozen text tower, as the golden variant's precomputed features were made."""
     expected = golden["variants"]["zeroshot_class_only"]
-    model = build(golden)
+    model = build_golden_model(golden)
     model.set_classes(golden["classes"], templates="class_only")
     with torch.no_grad():
-        logits = model(video_of(golden))
+        logits = model(golden_video(golden))
         text_features = model.class_text_features()
     assert rel_err(logits, expected["logits"]) <= TOL
     normalized = expected["text_features"] / expected["text_features"].norm(dim=-1, keepdim=True)
@@ -135,5 +120,5 @@ def test_original_training_checkpoint_through_create_model(golden, tmp_path):
     assert model.config.num_frames == 4 and model.config.num_global_prompts == 3
     assert model.config.text.n_ctx == 4 and model.config.text.class_specific
     with torch.no_grad():
-        logits = model(video_of(golden))
+        logits = model(golden_video(golden))
     assert rel_err(logits, golden["logits"]) <= TOL
