@@ -144,37 +144,52 @@ class _NalParser:
             if len(extradata) > at:
                 self.length_size = (extradata[at] & 3) + 1
 
-    def headers(self, data: bytes):
-        """(nal type, temporal id) of each NAL unit in ``data``."""
-        if self.length_size is not None and not data.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01")):
-            at, size = 0, self.length_size
+    def headers(self, data: bytes) -> list[tuple[int, int]] | None:
+        """(nal type, nal_ref_idc for H.264 / temporal id for HEVC) of each NAL unit in ``data``,
+        or ``None`` when the packet does not parse as NAL units."""
+        if self.length_size is not None:  # length prefixes must tile the packet exactly
+            units, at, size = [], 0, self.length_size
             while at + size < len(data):
                 length = int.from_bytes(data[at:at + size], "big")
-                yield self._header(data, at + size)
+                if length == 0 or at + size + length > len(data):
+                    break
+                units.append(self._header(data, at + size))
                 at += size + length
-            return
-        at = data.find(b"\x00\x00\x01")
-        while 0 <= at < len(data) - 3:
-            yield self._header(data, at + 3)
+            if at == len(data) and units:
+                return units
+        # Annex-B (MPEG-TS, raw streams): NAL units after 00 00 01 start codes
+        if not data.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01")):
+            return None
+        units, at = [], data.find(b"\x00\x00\x01")
+        while 0 <= at < len(data) - 4:
+            units.append(self._header(data, at + 3))
             at = data.find(b"\x00\x00\x01", at + 3)
+        return units or None
 
     def _header(self, data: bytes, at: int) -> tuple[int, int]:
+        if data[at] & 0x80:  # forbidden_zero_bit: not a NAL unit header
+            return -1, 0
         if self.hevc:
-            return (data[at] >> 1) & 63, (data[at + 1] & 7) - 1 if at + 1 < len(data) else 0
-        return data[at] & 31, (data[at] >> 5) & 3  # (type, nal_ref_idc) for H.264
+            return (data[at] >> 1) & 63, (data[at + 1] & 7) - 1 if at + 1 < len(data) else -1
+        return data[at] & 31, (data[at] >> 5) & 3
 
     def is_disposable(self, data: bytes) -> bool:
+        """True only for a packet that surely holds nothing but a non-reference picture (and SEI
+        or delimiters): no parameter set, no reference slice, nothing unknown."""
+        units = self.headers(data)
+        if not units:
+            return False
         pictures = 0
-        for kind, extra in self.headers(data):
+        for kind, extra in units:
             if self.hevc:
-                if kind in HEVC_PARAMETER_SETS or (kind < 32 and not (kind in HEVC_SUBLAYER_NONREF
-                                                                      and extra >= self.max_temporal_id)):
+                if kind in HEVC_SUBLAYER_NONREF and extra == self.max_temporal_id:
+                    pictures += 1
+                elif kind not in (35, 36, 37, 38, 39, 40):  # AUD, EOS, EOB, FD, SEI
                     return False
-                pictures += kind < 32
-            else:
-                if kind in H264_PARAMETER_SETS or (kind in (1, 5) and extra != 0) or kind in (2, 3, 4, 20, 21):
-                    return False  # a parameter set, a reference slice, data partitions, SVC/MVC
-                pictures += kind in (1, 5)
+            elif kind in (1, 5) and extra == 0:
+                pictures += 1
+            elif kind not in (6, 9, 10, 11, 12):  # SEI, AUD, end of sequence/stream, filler
+                return False
         return pictures > 0
 
 
@@ -283,8 +298,8 @@ class VideoReader:
         if ctx.name == "h264" or (ctx.name == "hevc" and packets is not None):
             self._nal = _NalParser(ctx.name, bytes(ctx.extradata) if ctx.extradata else None)
             if ctx.name == "hevc":  # its _N pictures are unreferenced only in the highest sub-layer
-                self._nal.max_temporal_id = max((t for p in packets for kind, t in self._nal.headers(bytes(p))
-                                                 if kind < 32), default=0)
+                self._nal.max_temporal_id = max((t for p in packets for kind, t in self._nal.headers(bytes(p)) or ()
+                                                 if 0 <= kind < 32), default=0)
         return VideoIndex(name=self.name, codec=ctx.name, width=ctx.width, height=ctx.height,
                           num_frames=len(pts), frame_pts=frame_pts, keyframe_pts=keyframe_pts)
 
