@@ -24,13 +24,15 @@ def collate_clips(samples: list[dict | SkippedSample]) -> dict:
     ``None`` when all of them were skipped)."""
     kept = [s for s in samples if not isinstance(s, SkippedSample)]
     skipped = [s for s in samples if isinstance(s, SkippedSample)]
+    odd = [note for s in kept for note in s.get("odd", ())]  # used although odd (see VideoDataset.load)
     if not kept:
-        return {"video": None, "label": None, "index": None, "skipped": skipped}
+        return {"video": None, "label": None, "index": None, "skipped": skipped, "odd": odd}
     return {
         "video": torch.stack([s["video"] for s in kept]),
         "label": torch.tensor([s["label"] for s in kept], dtype=torch.int64),
         "index": torch.tensor([s["index"] for s in kept], dtype=torch.int64),
         "skipped": skipped,
+        "odd": odd,
     }
 
 

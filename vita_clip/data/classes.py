@@ -22,7 +22,7 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
     """
     path = str(path)
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a BOM is not part of the header
             text = f.read()
     except OSError as e:
         raise VideoDataError(path, f"cannot read the class-name file ({e.strerror or e})") from None

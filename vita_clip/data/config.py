@@ -81,7 +81,8 @@ class DataSection(ClipRecipe):
     ``train_list`` / ``val_list``: ``path label`` or ``path,label`` lines; relative paths are
     joined onto ``data_root``. ``classes``: a class file (``id,name`` CSV, JSON list or one
     name per line) or the name of a shipped label file (e.g. ``k400``). ``demo``: when no
-    lists are given, generate and use the demo dataset.
+    lists are given, generate and use the demo dataset. ``max_empty_steps``: a training run
+    stops with an error after this many consecutive steps without one readable video (0: never).
     """
 
     train_list: str | None = None
@@ -89,6 +90,7 @@ class DataSection(ClipRecipe):
     data_root: str = ""
     classes: str | None = None
     num_workers: int = 2
+    max_empty_steps: int = 10
     demo: bool = False
     demo_dir: str = "data/demo"
 

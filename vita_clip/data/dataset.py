@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -45,14 +46,29 @@ def plan_clip(config: DataConfig, train: bool, index: int, epoch: int, num_video
     return sample_frame_indices(num_video_frames, config.sampling, train, frames_rng), augment_rng
 
 
+def padding_note(frame_indices: np.ndarray, num_video_frames: int) -> str | None:
+    """A note when a clip repeats frames because the video is shorter than the clip."""
+    repeats = sum(len(view) - len(set(view.tolist())) for view in frame_indices)
+    if not repeats:
+        return None
+    return (f"only {num_video_frames} frames, fewer than a clip of {frame_indices.shape[1]} needs: "
+            f"{repeats} frame(s) repeated (padded as the original code does)")
+
+
 def load_clip(path: str | os.PathLike, config: DataConfig | None = None, train: bool = False, index: int = 0,
-              epoch: int = 0) -> torch.Tensor:
+              epoch: int = 0, notes: list[str] | None = None) -> torch.Tensor:
     """One video file, decoded on the CPU, as model input: ``(T, 3, S, S)`` in training,
-    ``(V, T, 3, S, S)`` at test. Raises :class:`VideoDataError` naming the file if it cannot be read."""
+    ``(V, T, 3, S, S)`` at test. Raises :class:`VideoDataError` naming the file if it cannot be read.
+    What is odd about a file that is still used (cut short, padded) is appended to ``notes``."""
     config = config or DataConfig()
     with VideoReader(path, threads=config.decode_threads) as reader:
         frame_indices, augment_rng = plan_clip(config, train, index, epoch, reader.num_frames)
         frames = reader.read(frame_indices.reshape(-1))
+        if notes is not None:
+            notes += reader.notes
+            padding = padding_note(frame_indices, reader.num_frames)
+            if padding:
+                notes.append(padding)
     video = transform_clip(torch.from_numpy(frames), frame_indices.shape[0], config.transform, train, augment_rng)
     return video[0] if train else video
 
@@ -73,6 +89,7 @@ class VideoDataset(torch.utils.data.Dataset):
                  classes: Sequence[str] | str | os.PathLike | None = None, train: bool = True,
                  config: DataConfig | None = None):
         self.config = config or DataConfig()
+        self.list_file, self.data_root = str(list_file), str(data_root)
         self.train = train
         self.epoch = 0
         if isinstance(classes, (str, os.PathLike)):
@@ -113,10 +130,22 @@ class VideoDataset(torch.utils.data.Dataset):
         return {"video": video[0] if self.train else video, "label": self.entries[index].label, "index": index}
 
     def load(self, index: int, epoch: int | None = None) -> dict:
-        """Sample ``index`` with the CPU decoder; raises :class:`VideoDataError` for a bad video."""
+        """Sample ``index`` with the CPU decoder; raises :class:`VideoDataError` for a bad video.
+        ``sample["odd"]`` lists what is odd about a video that was still used."""
+        notes: list[str] = []
         video = load_clip(self.entries[index].path, self.config, self.train, index,
-                          self.epoch if epoch is None else epoch)
-        return {"video": video, "label": self.entries[index].label, "index": index}
+                          self.epoch if epoch is None else epoch, notes=notes)
+        sample = {"video": video, "label": self.entries[index].label, "index": index}
+        if notes:
+            sample["odd"] = [self.locate(SkippedSample(index, self.entries[index].path, note)) for note in notes]
+        return sample
+
+    def locate(self, record: SkippedSample) -> SkippedSample:
+        """``record`` with the list file and line of its video (for records made elsewhere, e.g. by DALI)."""
+        if record.index is None or record.listed_at is not None or not 0 <= record.index < len(self.entries):
+            return record
+        entry = self.entries[record.index]
+        return replace(record, listed_at=f"{entry.list_file}, line {entry.line}")
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict | SkippedSample:
         index, epoch = key if isinstance(key, tuple) else (key, None)
@@ -125,5 +154,47 @@ class VideoDataset(torch.utils.data.Dataset):
         except VideoDataError as e:
             if self.config.on_error == "raise":
                 raise
-            logger.warning("skipping %s", e)
-            return SkippedSample.from_error(e, index)
+            record = self.locate(SkippedSample.from_error(e, index))
+            logger.warning("skipping %s", record)
+            return record
+
+
+def check_readable(dataset: VideoDataset, sample: int = 8) -> int:
+    """Open up to ``sample`` videos spread over the list; raise :class:`VideoDataError` (one line
+    naming the list, the data root and an example path) if none of them can be read, so that a
+    run with a wrong ``data_root`` stops at the start instead of training on nothing. Returns
+    how many of those checked could be read (a warning says when some could not)."""
+    count = len(dataset.entries)
+    picks = sorted({int(i) for i in np.linspace(0, count - 1, num=min(sample, count))})
+    failures: list[VideoDataError] = []
+    for i in picks:
+        try:
+            VideoReader(dataset.entries[i].path).close()
+        except VideoDataError as e:
+            failures.append(e)
+    readable = len(picks) - len(failures)
+    if failures and not readable:
+        example = failures[0]
+        raise VideoDataError(dataset.list_file, f"none of the {len(picks)} videos checked (of {count}) can be read "
+                             f"with data_root={dataset.data_root!r}; e.g. {example.path}: {example.reason}")
+    if failures:
+        logger.warning("%s: %d of %d videos checked cannot be read, e.g. %s", dataset.list_file, len(failures),
+                       len(picks), failures[0])
+    return readable
+
+
+class EmptyStepGuard:
+    """Counts consecutive training steps without a single readable sample; after ``limit`` of
+    them the run stops with an error instead of stepping on nothing (0 disables the check)."""
+
+    def __init__(self, limit: int):
+        if limit < 0:
+            raise ValueError(f"data.max_empty_steps must be >= 0, got {limit}")
+        self.limit, self.empty = limit, 0
+
+    def check(self, step: int, samples: int, skipped: list[SkippedSample]) -> None:
+        self.empty = self.empty + 1 if samples == 0 else 0
+        if self.limit and self.empty >= self.limit:
+            last = f"; last skipped: {skipped[-1]}" if skipped else ""
+            raise VideoDataError("training data", f"{self.empty} consecutive steps (up to step {step + 1}) had no "
+                                 f"readable video (data.max_empty_steps={self.limit}){last}")

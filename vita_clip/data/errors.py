@@ -37,13 +37,17 @@ class SkippedSample:
     """One item left out under ``on_error="skip"``.
 
     ``index`` is the dataset index (``None`` for list lines dropped before indexing); ``path``,
-    ``line`` and ``reason`` are those of the :class:`VideoDataError` that caused the skip.
+    ``line`` and ``reason`` are those of the :class:`VideoDataError` that caused the skip;
+    ``listed_at`` says where the video is listed (``"train.txt, line 12"``), so that the line
+    can be fixed or removed. The same record notes videos that were used but are odd (a file
+    that ends early against its header, a clip padded by repeating frames).
     """
 
     index: int | None
     path: str
     reason: str
     line: int | None = None
+    listed_at: str | None = None
 
     @classmethod
     def from_error(cls, error: VideoDataError, index: int | None = None) -> SkippedSample:
@@ -51,7 +55,8 @@ class SkippedSample:
 
     def __str__(self) -> str:
         where = f"{self.path}, line {self.line}" if self.line is not None else self.path
-        return f"{where}: {self.reason}"
+        listed = f" (listed in {self.listed_at})" if self.listed_at else ""
+        return f"{where}: {self.reason}{listed}"
 
 
 def check_on_error(on_error: str) -> str:

@@ -6,7 +6,10 @@ Video lists, one video per line, no header:
 * ``path,label`` (comma separated; the original Vita-CLIP style).
 
 Both may appear in one file. The label is split off at the *last* separator, so paths may
-contain spaces or commas. Relative paths are joined onto ``data_root``; blank lines are ignored.
+contain spaces or commas. Relative paths are joined onto ``data_root``; blank lines, comments
+and a UTF-8 byte-order mark (Windows editors) are ignored. A comment starts with ``#`` followed
+by a space or nothing (``# train split``), or starts with ``#`` and is not a ``path label`` line;
+``#437_How_To_Ride_A_Bike_ride_bike_f_cm_np1_ba_med_1.avi 5`` is an entry (HMDB51 has such names).
 Class-name files are read by :mod:`vita_clip.data.classes`.
 """
 from __future__ import annotations
@@ -51,6 +54,17 @@ def _split_line(text: str) -> tuple[str, str] | None:
     return None
 
 
+def is_comment(text: str) -> bool:
+    """Whether a list line is a comment (see the module docstring)."""
+    stripped = text.strip()
+    if not stripped.startswith("#"):
+        return False
+    if len(stripped) == 1 or stripped[1].isspace():
+        return True
+    split = _split_line(stripped)
+    return split is None or not split[1].lstrip("-").isdigit()
+
+
 def parse_list_line(text: str, list_file: str, line: int, data_root: str = "",
                     num_classes: int | None = None) -> VideoEntry:
     """Parse one non-blank list line, or raise :class:`VideoDataError` naming the file and line."""
@@ -86,7 +100,7 @@ def read_video_list(list_file: str | os.PathLike, data_root: str | os.PathLike =
     check_on_error(on_error)
     list_file = str(list_file)
     try:
-        with open(list_file, encoding="utf-8") as f:
+        with open(list_file, encoding="utf-8-sig") as f:  # -sig: a BOM is not part of the first path
             lines = f.read().splitlines()
     except OSError as e:
         raise VideoDataError(list_file, f"cannot read the video list ({e.strerror or e})") from None
@@ -95,7 +109,7 @@ def read_video_list(list_file: str | os.PathLike, data_root: str | os.PathLike =
 
     result = VideoList(entries=[])
     for number, text in enumerate(lines, start=1):
-        if not text.strip():
+        if not text.strip() or is_comment(text):
             continue
         try:
             result.entries.append(parse_list_line(text, list_file, number, str(data_root), num_classes))

@@ -75,6 +75,7 @@ class VideoLoader:
         self.backend = resolve_backend(backend or dataset.config.backend)
         self.epoch = 0
         self.skipped: list[SkippedSample] = []
+        self.odd: list[SkippedSample] = []  # videos used although something is odd about them
         shuffle = dataset.train if shuffle is None else shuffle
         drop_last = dataset.train if drop_last is None else drop_last
         if sampler is None:
@@ -103,14 +104,16 @@ class VideoLoader:
         return len(self._batches)
 
     def __iter__(self) -> Iterator[dict]:
-        self.skipped = []
+        self.skipped, self.odd = [], []
         if self._generator is not None:
             self._generator.manual_seed(int(np.random.SeedSequence([self.dataset.config.seed, self.epoch])
                                             .generate_state(1)[0]))
         batches = iter(self._batches)
         try:
             for batch in batches:
+                batch["skipped"] = [self.dataset.locate(s) for s in batch["skipped"]]
                 self.skipped.extend(batch["skipped"])
+                self.odd.extend(batch.get("odd", ()))
                 if batch["video"] is not None:
                     yield batch
         finally:
@@ -121,8 +124,12 @@ class VideoLoader:
                 shutdown()
         if self.skipped:
             logger.warning(format_skip_report(self.skipped, f"epoch {self.epoch}: videos skipped"))
+        if self.odd:
+            logger.warning(format_skip_report(self.odd, f"epoch {self.epoch}: videos used but odd"))
 
     def report(self) -> str:
-        """Bad list lines of the dataset and the videos skipped in the last epoch, one per line."""
+        """Bad list lines of the dataset, the videos skipped in the last epoch and those used
+        although odd (cut short, padded), one per line."""
         return "\n".join([format_skip_report(self.dataset.list_skipped, "list lines skipped"),
-                          format_skip_report(self.skipped, f"videos skipped in epoch {self.epoch}")])
+                          format_skip_report(self.skipped, f"videos skipped in epoch {self.epoch}"),
+                          format_skip_report(self.odd, f"videos used but odd in epoch {self.epoch}")])

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from ..checkpoints.io import save_checkpoint
 from ..checkpoints.training import latest_checkpoint, restore_training_state, save_training_state
 from ..config_builder import config_to_dict
-from ..data.dataset import VideoDataset
+from ..data.dataset import EmptyStepGuard, VideoDataset, check_readable
 from ..data.errors import format_skip_report
 from ..data.protocols import SPLIT_FILES, resolve_classes, split_file
 from ..models.registry import create_model, get_model_config
@@ -117,6 +117,7 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, dist_info: D
     config, classnames = prepare_data(config, dist_info)
     train_set = VideoDataset(config.data.train_list, config.data.data_root, classnames, train=True,
                              config=config.data.data_config(config.seed))
+    check_readable(train_set)  # a wrong data_root stops here, with one message
     val_set = None
     if config.data.val_list is not None:
         val_set = VideoDataset(config.data.val_list, config.data.data_root, classnames, train=False,
@@ -152,9 +153,11 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, dist_info: D
                           pin_memory=device.type == "cuda", device=device)
     bar = tqdm(total=config.steps, initial=start, desc="train", disable=not dist_info.is_main, dynamic_ncols=True)
     skipped_total: list = []
+    empty_steps = EmptyStepGuard(config.data.max_empty_steps)
     window = {"loss": 0.0, "correct": 0, "samples": 0, "time": time.perf_counter()}
     for step, micro, skipped in batches:
         skipped_total += skipped
+        empty_steps.check(step, sum(len(b["label"]) for b in micro), skipped)
         micro = [(b["video"].to(device, non_blocking=True), b["label"].to(device, non_blocking=True)) for b in micro]
         result = train_step(forward_model, micro, optimizer, scaler, config.precision,
                             config.optim.max_grad_norm, dist_info, params)
