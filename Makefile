@@ -33,4 +33,5 @@ lint: $(STAMP)
 	$(BIN)/python -m ruff check .
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[bench]" --no-build-isolation
 	$(BIN)/python -m pytest benchmarks/ --benchmark-only
