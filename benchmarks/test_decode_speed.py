@@ -37,7 +37,7 @@ from vita_clip.data.sampling import dense_train_indices, sample_rngs
 from vita_clip.demo.dataset import write_video
 
 NUM_FRAMES, HEIGHT, WIDTH, FPS = 300, 256, 340, 30
-X264_DEFAULTS = {"preset": "medium"}  # encode_video's H.264 default is veryfast; ffmpeg's is medium
+X264_DEFAULTS = {"preset": "medium"}  # write_video's H.264 default is veryfast; ffmpeg's is medium
 CLIPS = {"h264_x264_defaults": dict(codec="h264", options=X264_DEFAULTS),
          "h264_gop16": dict(codec="h264", gop=16, options=X264_DEFAULTS),
          "vp9": dict(codec="vp9")}

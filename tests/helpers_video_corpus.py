@@ -1,6 +1,6 @@
 """Tiny real video files of every container, codec and frame-rate pattern the decoder must read.
 
-Every clip shows :func:`~vita_clip.data.demo.index_pattern_frames` (the frame number burnt into
+Every clip shows :func:`~vita_clip.demo.dataset.index_pattern_frames` (the frame number burnt into
 the pixels), so a test can tell which frame came out, besides comparing with a full decode.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from vita_clip.data.demo import index_pattern_frames
+from vita_clip.demo.dataset import index_pattern_frames
 
 HEIGHT, WIDTH = 48, 64
 # x264 with B-frames in every GOP (b-adapt=0 keeps them where the content would not need them)

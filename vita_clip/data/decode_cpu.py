@@ -423,7 +423,7 @@ class VideoReader:
                     if frame.pts in wanted_pts and index not in found:
                         found[index] = self._convert(frame)
 
-            for position, packet in self._packets_between(first, last):
+            for packet in self._packets_between(first, last):
                 needed = packet.pts in wanted_pts
                 if not needed and self._nal is not None and self._nal.is_disposable(bytes(packet)):
                     continue  # a non-reference picture nobody asked for: not even parsed
@@ -436,10 +436,10 @@ class VideoReader:
         return found
 
     def _packets_between(self, first: int, last: int):
-        """(decode position, packet) for positions ``first..last``, from memory or by seeking once."""
+        """The packets at decode positions ``first..last``, from memory or by seeking once."""
         if self._packets is not None:
             for position in range(first, last + 1):
-                yield position, self._packets[position]
+                yield self._packets[position]
             return
         target = self._pts[first] if self._dts[first] is None else self._dts[first]
         self._container.seek(target, backward=True, any_frame=False, stream=self._stream)
@@ -456,7 +456,7 @@ class VideoReader:
                     continue
             elif packet.pts != self._pts[position] or packet.dts != self._dts[position]:
                 raise _Unreliable  # the packets differ from the index
-            yield position, packet
+            yield packet
             if position == last:
                 return
             position += 1

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from helpers_video_corpus import VALID_CLIPS, write_clip
-from vita_clip.data import (DataConfig, SamplingConfig, TransformConfig, VideoDataError, VideoDataset, VideoLoader,
-                            read_class_names, read_video_list)
+
+from vita_clip.data import (
+    DataConfig,
+    SamplingConfig,
+    TransformConfig,
+    VideoDataError,
+    VideoDataset,
+    VideoLoader,
+    read_class_names,
+    read_video_list,
+)
 from vita_clip.data.dataset import EmptyStepGuard, check_readable
 from vita_clip.data.errors import SkippedSample
 

@@ -17,11 +17,11 @@ import signal
 import av
 import numpy as np
 import pytest
-
 from helpers_video_corpus import HEIGHT, VALID_CLIPS, WIDTH, CorpusClip, write_clip
+
 from vita_clip.data import VideoDataError, VideoReader, decode_cpu, read_frames
 from vita_clip.data.decode_cpu import frame_to_rgb
-from vita_clip.data.demo import read_index_pattern
+from vita_clip.demo.dataset import read_index_pattern
 
 WATCHDOG_S = 20  # a tiny clip decodes in milliseconds: anything near this is a hang
 

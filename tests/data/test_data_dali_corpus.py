@@ -6,9 +6,10 @@ import pytest
 pytest.importorskip("nvidia.dali")
 
 from helpers_video_corpus import VALID_CLIPS, CorpusClip, write_clip  # noqa: E402
+
+from helpers import read_frames_dali  # noqa: E402
 from vita_clip.data import read_frames  # noqa: E402
-from vita_clip.data.decode_dali import read_frames_dali  # noqa: E402
-from vita_clip.data.demo import read_index_pattern  # noqa: E402
+from vita_clip.demo.dataset import read_index_pattern  # noqa: E402
 
 DALI_CODECS = ("libvpx", "libvpx-vp9", "mjpeg")
 CLIPS = [c for c in VALID_CLIPS if c.encoder in DALI_CODECS] + [
