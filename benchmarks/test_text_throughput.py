@@ -30,7 +30,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import record, report_ratio
+from recording import record, report_ratio
 from vita_clip import create_model
 
 K400_CLASSES = Path(__file__).parents[1] / "vita_clip" / "resources" / "classes" / "k400_classes.txt"

@@ -8,17 +8,13 @@ import open_clip
 import pytest
 import torch
 
+from helpers import rel_err
 from vita_clip import create_model
-from vita_clip.text import CONTEXT_LENGTH, TextEncoder, tokenize
+from vita_clip.models.text import CONTEXT_LENGTH, TextEncoder, tokenize
 
 # names of very different token counts, so the prefix is set by the longest one
 CLASSES = ["yoga", "playing guitar", "brush_hair", "riding a mechanical bull at the county fair", "surfing water"]
 EOT = 49407
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    actual, expected = actual.double(), expected.double()
-    return ((actual - expected).norm() / expected.norm()).item()
 
 
 @contextlib.contextmanager
