@@ -90,6 +90,34 @@ def test_deep_text_prompts_run_on_the_eot_prefix_only():
     assert lengths == [[eot_prefix(model.prompt_learner.tokenized_prompts)] * 2]
 
 
+def test_a_given_eot_end_is_checked_against_the_tokens():
+    model = create_model("vita-clip-tiny", CLASSES)
+    learner = model.prompt_learner
+    tokens = learner.tokenized_prompts
+    assert learner.eot_end == eot_prefix(tokens)
+    prompts = learner(model.text.token_embedding)
+    with pytest.raises(ValueError, match="does not hold the tokens' end-of-text tokens"):
+        model.text(prompts, tokens, eot_end=learner.eot_end - 1)
+    learner.set_classnames(["yoga"] * len(CLASSES))  # new classes: a new prefix
+    assert learner.eot_end == eot_prefix(learner.tokenized_prompts) < eot_prefix(tokens)
+
+
+def test_a_full_graph_compile_truncates_with_the_learner_s_eot_end():
+    """In a compiled full graph the prefix cannot be read from the tokens; the learner's host
+    int gives it. Both compiled forms equal eager."""
+    torch.manual_seed(0)
+    model = create_model("vita-clip-tiny", CLASSES).eval()
+    learner, text = model.prompt_learner, model.text
+    with torch.no_grad():
+        prompts = learner(text.token_embedding)
+        expected = text(prompts, learner.tokenized_prompts, eot_end=learner.eot_end)
+        compiled = torch.compile(text, fullgraph=True, backend="eager")
+        cut = compiled(prompts, learner.tokenized_prompts, eot_end=learner.eot_end)
+        full = compiled(prompts, learner.tokenized_prompts)
+    assert torch.equal(cut, expected)
+    assert rel_err(full, expected) <= 1e-6
+
+
 def text_grads(model, weights: torch.Tensor, truncate: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
     """Text features, the gradients of ``(features * weights).sum()`` and the length the tower saw."""
     model.text.truncate = truncate

@@ -92,23 +92,42 @@ class TextEncoder(nn.Module):
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.token_embedding(tokens.to(self.token_embedding.weight.device))
 
-    def sequence_length(self, tokens: torch.Tensor, deep_prompts: torch.Tensor | None = None) -> int:
+    def sequence_length(self, tokens: torch.Tensor, deep_prompts: torch.Tensor | None = None,
+                        eot_end: int | None = None) -> int:
         """How many leading positions of ``tokens`` (N, L) the transformer runs: all ``L``
         unless truncation applies, else the shortest prefix that holds every sequence's
-        end-of-text token and the deep prompts, rounded up to ``cuda_length_multiple`` on CUDA."""
+        end-of-text token and the deep prompts, rounded up to ``cuda_length_multiple`` on CUDA.
+
+        ``eot_end`` (one past the last EOT position, see :func:`eot_end_of`) may be given by a
+        caller that knows it on the host (the prompt learner): it is checked against the tokens
+        in eager mode, and lets a compiled graph truncate too (a length read from the tokens
+        is a data-dependent shape, which a full graph cannot hold: there it runs full length).
+        """
         full = tokens.shape[-1]
         if not (self.truncate and self.causal) or tokens.is_meta or tokens.numel() == 0:
             return full
-        length = int(tokens.argmax(dim=-1).max()) + 1  # EOT has the largest id in the vocabulary
+        if torch.compiler.is_compiling():
+            if eot_end is None:
+                return full
+            length = eot_end
+        else:
+            length = eot_end_of(tokens)
+            if eot_end is not None:
+                if not length <= eot_end <= full:
+                    raise ValueError(f"eot_end={eot_end} does not hold the tokens' end-of-text tokens "
+                                     f"(the last is at position {length - 1} of {full})")
+                length = eot_end
         if deep_prompts is not None:
             length = max(length, 1 + deep_prompts.shape[1])
         if self.token_embedding.weight.device.type == "cuda":
             length = -(-length // self.cuda_length_multiple) * self.cuda_length_multiple
         return min(length, full)
 
-    def forward(self, prompts: torch.Tensor, tokens: torch.Tensor, deep_prompts: torch.Tensor | None = None) -> torch.Tensor:
-        """``prompts`` (N, 77, W) embeddings, ``tokens`` (N, 77) ids (for the EOT position) -> (N, E)."""
-        length = self.sequence_length(tokens, deep_prompts)
+    def forward(self, prompts: torch.Tensor, tokens: torch.Tensor, deep_prompts: torch.Tensor | None = None,
+                eot_end: int | None = None) -> torch.Tensor:
+        """``prompts`` (N, 77, W) embeddings, ``tokens`` (N, 77) ids (for the EOT position) -> (N, E).
+        ``eot_end``: see :meth:`sequence_length`."""
+        length = self.sequence_length(tokens, deep_prompts, eot_end)
         x = prompts[:, :length] + self.positional_embedding[:length].to(prompts.dtype)
         mask = self.attn_mask
         if mask is not None and length < mask.shape[0]:
@@ -139,6 +158,12 @@ class TextEncoder(nn.Module):
             feats = F.normalize(feats, dim=-1)
             total = feats if total is None else total + feats
         return total / len(templates)
+
+
+def eot_end_of(tokens: torch.Tensor) -> int:
+    """One past the last end-of-text position of ``tokens`` (N, L): EOT has the largest id of
+    CLIP's vocabulary, so each row's argmax finds it (a host sync when ``tokens`` is on a GPU)."""
+    return int(tokens.argmax(dim=-1).max()) + 1
 
 
 def _is_causal_mask(mask: torch.Tensor | None, length: int) -> bool:
