@@ -70,7 +70,13 @@ def test_every_intermediate_matches(golden):
     seen = capture_intermediates(model, golden_video(golden))
     expected = golden["intermediates"]
     assert set(expected) <= set(seen)
+    eot_prefix = int(model.prompt_learner.tokenized_prompts.argmax(-1).max()) + 1
     for name, value in expected.items():
+        if name.startswith("textual.transformer."):
+            # the causal text tower runs on the prefix holding every end-of-text token
+            # (TextEncoder.sequence_length): its positions must equal the original's
+            assert seen[name].shape[0] == eot_prefix < value.shape[0], name
+            value = value[:eot_prefix]
         assert seen[name].shape == value.shape, name
         assert rel_err(seen[name], value) <= TOL, name
 

@@ -22,7 +22,9 @@ class VideoTextClassifier(nn.Module):
 
     In eval mode the text features are cached and recomputed only when the class names,
     the templates or any text-side parameter change (an optimizer step, a loaded state
-    dict, a move to another device).
+    dict, a move to another device). So they are in training when no text-side parameter
+    trains (ViFi-CLIP's "image" fine-tuning, zero-shot templates on the frozen tower): they
+    are then a constant of every step, computed once.
 
     Subclasses set ``self.text`` (a :class:`TextEncoder`) and ``self.logit_scale`` and
     implement :meth:`encode_video` and :meth:`_encode_prompted_text`.
@@ -71,7 +73,13 @@ class VideoTextClassifier(nn.Module):
 
     # -- text ------------------------------------------------------------------------------
     def encode_text(self) -> torch.Tensor:
-        """Text features ``(n_cls, E)`` of the current classes (not normalised), with grad."""
+        """Text features ``(n_cls, E)`` of the current classes (not normalised), with grad
+        where a text-side parameter trains; from the cache when none does (the same values)."""
+        if not torch.compiler.is_compiling() and not self._text_side_trains():
+            return self._cached_text_features()
+        return self._compute_text_features()
+
+    def _compute_text_features(self) -> torch.Tensor:
         if self._templates is not None:
             return self.text.encode_templates(self._classnames, self._templates)
         return self._encode_prompted_text()
@@ -80,14 +88,23 @@ class VideoTextClassifier(nn.Module):
         raise NotImplementedError
 
     def class_text_features(self) -> torch.Tensor:
-        """:meth:`encode_text`, cached in eval mode."""
-        if self.training or torch.compiler.is_compiling():
+        """:meth:`encode_text`, cached in eval mode (and whenever the text side is frozen)."""
+        if torch.compiler.is_compiling() or (self.training and self._text_side_trains()):
             return self.encode_text()
+        return self._cached_text_features()
+
+    def _cached_text_features(self) -> torch.Tensor:
         key = self._text_cache_key()
-        if self._text_cache is None or self._text_cache[0] != key:
+        cache = self._text_cache
+        # features made under inference_mode cannot enter autograd outside it: remake them
+        stale = cache is None or cache[0] != key or (cache[1].is_inference() and not torch.is_inference_mode_enabled())
+        if stale:
             with torch.no_grad():
-                self._text_cache = (key, self.encode_text())
+                self._text_cache = (key, self._compute_text_features())
         return self._text_cache[1]
+
+    def _text_side_trains(self) -> bool:
+        return any(p.requires_grad for p in self._text_parameters())
 
     def _text_parameters(self) -> list[nn.Parameter]:
         params = list(self.text.parameters())

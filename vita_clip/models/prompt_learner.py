@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .text import clean_classname, count_tokens, tokenize
+from .text import clean_classname, count_tokens, eot_end_of, tokenize
 
 
 class PromptLearner(nn.Module):
@@ -68,6 +68,8 @@ class PromptLearner(nn.Module):
         tokens = tokenize([f"{self.prompt_prefix} {n}." for n in names])
         name_lens = [count_tokens(n) for n in names]
         self._classnames = classnames
+        # the text tower's prefix as a host int: a constant that a compiled graph can hold
+        self.eot_end = eot_end_of(tokens)
         self.register_buffer("tokenized_prompts", tokens.to(self.ctx.device), persistent=False)
         self.register_buffer("position_index", self._position_index(name_lens).to(self.ctx.device), persistent=False)
 

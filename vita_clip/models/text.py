@@ -50,7 +50,19 @@ class TextEncoder(nn.Module):
     Holds open_clip's text modules under their open_clip names, so CLIP state dicts map onto
     ``text.<name>``. ``deep_prompts`` (ViFi-CLIP's language prompts) replace token positions
     ``1..n`` before blocks ``1..len(deep_prompts)``.
+
+    Causal truncation: the CLIP text tower is causal and its output is read at the
+    end-of-text token, so the positions after the last EOT of a batch can change nothing that
+    is read. The transformer runs on the shortest prefix holding every sequence's EOT (see
+    :meth:`sequence_length`), with the positional embedding and the causal mask cut to match:
+    the same function (values and gradients) at a fraction of the cost (about a quarter for
+    400 Kinetics class prompts). ``truncate = False`` runs the full context length, the
+    reference path. A tower without a causal mask keeps the full length.
     """
+
+    # Sequence lengths rounded up to this multiple on CUDA, where attention and GEMM kernels
+    # work in tiles of 8; on other devices the extra positions would only cost time.
+    cuda_length_multiple = 8
 
     def __init__(self, clip: open_clip.CLIP):
         super().__init__()
@@ -59,9 +71,18 @@ class TextEncoder(nn.Module):
         self.transformer = clip.transformer
         self.ln_final = clip.ln_final
         self.text_projection = clip.text_projection
+        pool = getattr(clip, "text_pool_type", "argmax")
+        if pool != "argmax":
+            raise ValueError(f"the text tower pools with {pool!r}; TextEncoder reads the end-of-text token "
+                             "(open_clip pool_type 'argmax', as CLIP's tokenizer gives EOT the largest id)")
         self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
         self.width = clip.token_embedding.embedding_dim
         self.context_length = clip.positional_embedding.shape[0]
+        # Only a causal tower may be cut after the EOT: without the mask (open_clip's
+        # no_causal_mask, e.g. SigLIP/MobileCLIP text towers) every position attends to the
+        # padding after the EOT, so the padding changes the pooled output.
+        self.causal = _is_causal_mask(clip.attn_mask, self.context_length)
+        self.truncate = True
 
     @property
     def output_dim(self) -> int:
@@ -71,14 +92,51 @@ class TextEncoder(nn.Module):
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.token_embedding(tokens.to(self.token_embedding.weight.device))
 
-    def forward(self, prompts: torch.Tensor, tokens: torch.Tensor, deep_prompts: torch.Tensor | None = None) -> torch.Tensor:
-        """``prompts`` (N, 77, W) embeddings, ``tokens`` (N, 77) ids (for the EOT position) -> (N, E)."""
-        x = prompts + self.positional_embedding.to(prompts.dtype)
+    def sequence_length(self, tokens: torch.Tensor, deep_prompts: torch.Tensor | None = None,
+                        eot_end: int | None = None) -> int:
+        """How many leading positions of ``tokens`` (N, L) the transformer runs: all ``L``
+        unless truncation applies, else the shortest prefix that holds every sequence's
+        end-of-text token and the deep prompts, rounded up to ``cuda_length_multiple`` on CUDA.
+
+        ``eot_end`` (one past the last EOT position, see :func:`eot_end_of`) may be given by a
+        caller that knows it on the host (the prompt learner): it is checked against the tokens
+        in eager mode, and lets a compiled graph truncate too (a length read from the tokens
+        is a data-dependent shape, which a full graph cannot hold: there it runs full length).
+        """
+        full = tokens.shape[-1]
+        if not (self.truncate and self.causal) or tokens.is_meta or tokens.numel() == 0:
+            return full
+        if torch.compiler.is_compiling():
+            if eot_end is None:
+                return full
+            length = eot_end
+        else:
+            length = eot_end_of(tokens)
+            if eot_end is not None:
+                if not length <= eot_end <= full:
+                    raise ValueError(f"eot_end={eot_end} does not hold the tokens' end-of-text tokens "
+                                     f"(the last is at position {length - 1} of {full})")
+                length = eot_end
+        if deep_prompts is not None:
+            length = max(length, 1 + deep_prompts.shape[1])
+        if self.token_embedding.weight.device.type == "cuda":
+            length = -(-length // self.cuda_length_multiple) * self.cuda_length_multiple
+        return min(length, full)
+
+    def forward(self, prompts: torch.Tensor, tokens: torch.Tensor, deep_prompts: torch.Tensor | None = None,
+                eot_end: int | None = None) -> torch.Tensor:
+        """``prompts`` (N, 77, W) embeddings, ``tokens`` (N, 77) ids (for the EOT position) -> (N, E).
+        ``eot_end``: see :meth:`sequence_length`."""
+        length = self.sequence_length(tokens, deep_prompts, eot_end)
+        x = prompts[:, :length] + self.positional_embedding[:length].to(prompts.dtype)
+        mask = self.attn_mask
+        if mask is not None and length < mask.shape[0]:
+            mask = mask[:length, :length].contiguous()
         for i, block in enumerate(self.transformer.resblocks):
             if deep_prompts is not None and 1 <= i <= deep_prompts.shape[0]:
                 n = deep_prompts.shape[1]
                 x = torch.cat([x[:, :1], deep_prompts[i - 1].to(x.dtype).expand(x.shape[0], -1, -1), x[:, 1 + n :]], dim=1)
-            x = block(x, attn_mask=self.attn_mask)
+            x = block(x, attn_mask=mask)
         x = self.ln_final(x)
         eot = tokens.to(x.device).argmax(dim=-1)  # EOT has the largest id in the vocabulary
         x = x[torch.arange(x.shape[0], device=x.device), eot]
@@ -100,3 +158,19 @@ class TextEncoder(nn.Module):
             feats = F.normalize(feats, dim=-1)
             total = feats if total is None else total + feats
         return total / len(templates)
+
+
+def eot_end_of(tokens: torch.Tensor) -> int:
+    """One past the last end-of-text position of ``tokens`` (N, L): EOT has the largest id of
+    CLIP's vocabulary, so each row's argmax finds it (a host sync when ``tokens`` is on a GPU)."""
+    return int(tokens.argmax(dim=-1).max()) + 1
+
+
+def _is_causal_mask(mask: torch.Tensor | None, length: int) -> bool:
+    """Whether ``mask`` is open_clip's additive causal mask (-inf above the diagonal)."""
+    if mask is None or tuple(mask.shape) != (length, length):
+        return False
+    if mask.is_meta:  # no values to check: open_clip builds either the causal mask or none
+        return True
+    expected = torch.full((length, length), float("-inf"), dtype=mask.dtype, device=mask.device).triu_(1)
+    return torch.equal(mask, expected)

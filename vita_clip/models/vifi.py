@@ -111,7 +111,8 @@ class ViFiCLIP(VideoTextClassifier):
         if self.prompt_learner is None:
             return self.text.encode_templates(self._classnames, self.config.templates)
         prompts = self.prompt_learner(self.text.token_embedding)
-        return self.text(prompts, self.prompt_learner.tokenized_prompts, deep_prompts=self.text_prompts)
+        return self.text(prompts, self.prompt_learner.tokenized_prompts, deep_prompts=self.text_prompts,
+                         eot_end=self.prompt_learner.eot_end)
 
     def _set_prompted_classes(self, classnames: list[str]) -> None:
         if self.prompt_learner is not None:

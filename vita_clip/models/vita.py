@@ -85,7 +85,7 @@ class VitaCLIP(VideoTextClassifier):
 
     def _encode_prompted_text(self) -> torch.Tensor:
         prompts = self.prompt_learner(self.text.token_embedding)
-        return self.text(prompts, self.prompt_learner.tokenized_prompts)
+        return self.text(prompts, self.prompt_learner.tokenized_prompts, eot_end=self.prompt_learner.eot_end)
 
     def _set_prompted_classes(self, classnames: list[str]) -> None:
         learner = self.prompt_learner
