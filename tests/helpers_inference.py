@@ -8,12 +8,14 @@ import numpy as np
 import torch
 
 
-def write_video(path: str | Path, seed: int, frames: int = 12, size: int = 32) -> Path:
-    """A short VP9 clip of random-but-smooth content (a pure function of ``seed``)."""
+def write_video(path: str | Path, seed: int, frames: int = 12, size: int = 32, level: int | None = None) -> Path:
+    """A short VP9 clip of a random image sliding sideways (a pure function of ``seed``), or of
+    one grey ``level`` throughout."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    base = rng.integers(0, 256, (size, size, 3), dtype=np.uint8) if level is None else \
+        np.full((size, size, 3), level, dtype=np.uint8)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libvpx-vp9", rate=25)
         stream.width = stream.height = size
