@@ -168,8 +168,9 @@ def evaluate_protocol(model, protocol: str, data_root: str, data: DataConfig, ba
         if not located.entries:
             raise FileNotFoundError(f"{list_file}: none of its {len(dataset.entries)} videos is under {data_root!r}")
         dataset.entries = located.entries
-        bar = tqdm(total=len(dataset), desc=f"eval {label}", unit="video", dynamic_ncols=True,
-                   disable=not (progress and dist_info.is_main))
+        shard = len(ShardSampler(len(dataset), dist_info.rank, dist_info.world_size))  # the bar follows rank 0's shard
+        bar = tqdm(total=shard, desc=f"eval {label}" + (f" (shard 1 of {dist_info.world_size})" if dist_info.enabled else ""),
+                   unit="video", dynamic_ncols=True, disable=not (progress and dist_info.is_main))
         with _one_report_for_skips():
             result = evaluate(model, dataset, batch_size=batch_size, device=device, precision=precision,
                               dist_info=dist_info, num_workers=num_workers, progress=bar)
