@@ -68,6 +68,10 @@ def test_folder_to_csv_with_a_broken_file_then_resume(folder, checkpoint, tmp_pa
     assert len(again) == 6 and len({r["video"] for r in again}) == 6
     assert "2 videos predicted" in err
 
+    # --on-error raise stops at the broken file, naming it, and keeps the rows written before it
+    assert predict_main(args + ["--on-error", "raise"]) == 2
+    assert "broken.webm" in capsys.readouterr().err and len(read_rows(out)) == 6
+
     # other settings than the file's: refused, not mixed
     assert predict_main(args[:-4] + ["--topk", "2", "--views", "2x1"]) == 2
     assert "topk differ" in capsys.readouterr().err

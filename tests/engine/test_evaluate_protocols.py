@@ -142,3 +142,18 @@ def test_eval_with_no_videos_under_the_root_fails_once(trees, tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "in either layout" in err and "(flat)" in err and "(class-folder)" in err
+
+
+def test_eval_with_only_unreadable_videos_fails_with_one_message(tmp_path, capsys):
+    for i in range(3):
+        (tmp_path / "v" / FOLDERS[i]).mkdir(parents=True)
+        (tmp_path / "v" / FOLDERS[i] / f"x{i}.webm").write_bytes(b"\x00" * 50)
+    write_video_list(tmp_path / "val.txt", [(f"x{i}.webm", i) for i in range(3)])
+    checkpoint = save_tiny_checkpoint(tmp_path / "model.pt", CLASSES)
+    with pytest.raises(SystemExit) as exit_:
+        eval_main(["--checkpoint", str(checkpoint), "--val-list", str(tmp_path / "val.txt"), "--data-root",
+                   str(tmp_path / "v"), "--workers", "0"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "no video of the evaluation set could be read (3 skipped)" in err
+    assert err.count("x1.webm") == 0 and err.count("skipping") == 0  # one message, not one per video
