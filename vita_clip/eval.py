@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -41,7 +40,7 @@ import torch
 from .data.protocols import PROTOCOLS, resolve_classes
 from .engine.distributed import cleanup, init_distributed
 from .engine.evaluate import evaluate_protocol
-from .engine.metrics import plot_confusion
+from .engine.metrics import plot_confusion, setup_logging
 from .inference import PRECISIONS, load_or_create, model_data_config, parse_views
 
 
@@ -131,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
         dist_info = init_distributed(device)
-        if dist_info.is_main:
-            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        setup_logging(None, dist_info.is_main)  # warnings to stderr on rank 0 only
         model.to(device)
         results = evaluate_protocol(model, args.protocol, args.data_root, data, args.batch_size, args.templates,
                                     args.val_list, classes, device, args.workers, args.limit, args.precision,

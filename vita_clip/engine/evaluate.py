@@ -118,15 +118,18 @@ def evaluate(model: nn.Module, dataset: VideoDataset, batch_size: int = 4, devic
 
 @contextlib.contextmanager
 def _one_report_for_skips():
-    """The dataset warns once per skipped video; a protocol run lists them all in its report
-    instead (and DataLoader workers inherit the level when they start)."""
-    dataset_logger = logging.getLogger("vita_clip.data.dataset")
-    level = dataset_logger.level
-    dataset_logger.setLevel(logging.ERROR)
+    """The dataset warns once per skipped video and the loader lists them all; a protocol run
+    reports a count and an example instead, and keeps the list in its results (DataLoader
+    workers inherit the levels when they start)."""
+    loggers = [logging.getLogger(f"vita_clip.data.{name}") for name in ("dataset", "loader")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        dataset_logger.setLevel(level)
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
 
 
 def protocol_parts(protocol: str, val_list: str | None = None, classes: list[str] | None = None,
