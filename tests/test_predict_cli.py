@@ -106,3 +106,15 @@ def test_expand_video_paths(folder):
     found = expand_video_paths([str(folder), str(folder / "a" / "clip0.webm")])
     assert [p.rsplit("/", 1)[1] for p in found] == ["clip0.webm", "clip1.webm", "clip2.webm", "broken.webm",
                                                      "clip3.webm", "clip4.webm"]
+
+
+def test_reduced_precision_agrees_with_fp32(folder, checkpoint):
+    videos = expand_video_paths([str(folder / "a")])
+    reference = predict(videos, checkpoint=checkpoint, topk=4, precision="fp32")
+    for precision in ("bf16", "fp16"):
+        lower = predict(videos, checkpoint=checkpoint, topk=4, precision=precision)
+        for a, b in zip(reference, lower):
+            ref, low = dict(a.top), dict(b.top)
+            assert all(abs(ref[c] - low[c]) < 2e-2 for c in CLASSES), (precision, a.top, b.top)
+    with pytest.raises(ValueError, match="--precision must be one of"):
+        predict(videos, checkpoint=checkpoint, precision="int8")
