@@ -17,15 +17,18 @@ Names (see :func:`available`):
   (no ``base_train`` for k400: use ``fs_base_s*_train``).
 
 Each split knows the class list its labels index (:func:`split_classes`). Video paths in the
-splits are relative: give the folder holding your copy of the videos as ``data_root``.
+splits are relative: give the folder holding your copy of the videos as ``data_root``, in the
+flat layout the lists name or in the official class-folder layout (:func:`locate_videos`,
+:data:`LAYOUT_HELP`).
 
 The evaluation protocols (:data:`PROTOCOLS`) name the splits they evaluate and how their numbers
 combine (:func:`combine`): mean +- std over splits, or base / novel and their harmonic mean.
 """
 from __future__ import annotations
 
+import os
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -161,3 +164,89 @@ def combine(protocol: str, rows: list[dict]) -> dict:
     if kind == "base_novel":
         return {"base": top1[0], "novel": top1[1], "hm": harmonic_mean(top1[0], top1[1])}
     return {"top1": top1[0], "top5": rows[0]["top5"]}
+
+
+# -- where the videos of a list are: the layouts of users' copies ------------------------------------
+
+LAYOUTS = ("flat", "class-folder")
+LAYOUT_HELP = """\
+The videos a list names are looked for under data_root in two layouts (detected per list):
+  flat          data_root/<path in the list>                    e.g. ucf101/v_ApplyEyeMakeup_g01_c01.avi
+  class-folder  data_root/<list folder>/<class folder>/<file>   e.g. ucf101/ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi,
+                (the official UCF-101 / HMDB51 / Kinetics trees)     hmdb51/brush_hair/<file>.avi, k400/val/abseiling/<id>.mp4
+A class folder matches its class name ignoring case, spaces, underscores and punctuation."""
+
+
+def _folder_key(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+@dataclass
+class LocatedVideos:
+    """The entries of a list with paths under ``data_root`` in the detected ``layout``, and
+    those whose file is in neither layout (``missing``, as skip records)."""
+
+    layout: str
+    entries: list
+    missing: list
+
+
+class _ClassFolders:
+    """Class label -> the sub-folder holding its videos, per list folder (listed once)."""
+
+    def __init__(self, data_root: str, classes: list[str] | None):
+        self.root, self.classes, self.cache = data_root, classes, {}
+
+    def path(self, relative: str, label: int) -> str:
+        folder, name = os.path.split(relative)
+        if folder not in self.cache:
+            base = os.path.join(self.root, folder)
+            try:
+                subdirs = [e.name for e in os.scandir(base) if e.is_dir()]
+            except OSError:
+                subdirs = []
+            self.cache[folder] = {_folder_key(d): d for d in subdirs}
+        class_name = self.classes[label] if self.classes is not None and label < len(self.classes) else str(label)
+        sub = self.cache[folder].get(_folder_key(class_name), class_name.replace(" ", "_"))
+        return os.path.join(self.root, folder, sub, name)
+
+
+def locate_videos(entries: list, data_root: str | os.PathLike, classes: list[str] | None, list_name: str = "the list",
+                  sample: int = 32) -> LocatedVideos:
+    """Find the videos of ``entries`` (read with an empty ``data_root``, so relative paths are as
+    listed) under ``data_root``: the layout (:data:`LAYOUTS`) is detected on an evenly spread
+    sample of the list before any decoding; then every file is checked (a ``stat`` each).
+    Raises ``FileNotFoundError`` naming an example path of each layout if the sample is in
+    neither."""
+    from .errors import SkippedSample  # local: the module stays importable on its own
+
+    data_root = str(data_root)
+    folders = _ClassFolders(data_root, classes)
+    candidates = {
+        "flat": lambda e: os.path.join(data_root, e.path),
+        "class-folder": lambda e: e.path if os.path.isabs(e.path) else folders.path(e.path, e.label),
+    }
+    if not entries:
+        return LocatedVideos("flat", [], [])
+    step = max(1, len(entries) // sample)
+    probe = entries[::step][:sample]
+    hits = {layout: sum(os.path.isfile(where(e)) for e in probe) for layout, where in candidates.items()}
+    layout = max(LAYOUTS, key=lambda name: hits[name])  # ties: flat
+    if hits[layout] == 0:
+        first = probe[0]
+        raise FileNotFoundError(
+            f"{list_name}: none of {len(probe)} sampled videos is under data_root {data_root or '.'!r} in either layout, "
+            f"e.g. neither {candidates['flat'](first)} (flat) nor {candidates['class-folder'](first)} (class-folder); "
+            "set --data-root to the folder holding the videos")
+    other = LAYOUTS[1 - LAYOUTS.index(layout)]
+    located, missing = [], []
+    for entry in entries:
+        path = candidates[layout](entry)
+        if not os.path.isfile(path):
+            alternative = candidates[other](entry)  # a copy that mixes the layouts
+            if not os.path.isfile(alternative):
+                missing.append(SkippedSample(index=None, path=path, reason=f"file not found ({entry.list_file}, line {entry.line})"))
+                continue
+            path = alternative
+        located.append(replace(entry, path=path))
+    return LocatedVideos(layout, located, missing)

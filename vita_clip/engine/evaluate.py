@@ -1,21 +1,30 @@
 """Multi-view evaluation (every test view of a video through the model, softmax averaged) and the
-published protocols built on it (:func:`evaluate_protocol`)."""
+published protocols built on it (:func:`evaluate_protocol`).
+
+Under torchrun each process evaluates a shard of the videos (:class:`ShardSampler`); the
+counts, the confusion matrix and the skipped videos are gathered, so the result equals one
+process's."""
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from ..data.config import DataConfig
 from ..data.dataset import VideoDataset
-from ..data.errors import SkippedSample
+from ..data.errors import SkippedSample, VideoDataError
 from ..data.loader import VideoLoader
-from ..data.protocols import PROTOCOLS, class_names, combine, split_classes, split_file
-from ..inference import use_classes
+from ..data.protocols import PROTOCOLS, class_names, combine, locate_videos, split_classes, split_file
+from ..inference import autocast, classify_views, resolve_precision, use_classes
 from .distributed import DistInfo, all_reduce_sum
 from .metrics import topk_correct
-from .step import autocast_context
+
+logger = logging.getLogger(__name__)
 
 
 class ShardSampler(torch.utils.data.Sampler):
@@ -39,6 +48,7 @@ class EvalResult:
     videos: int
     skipped: list[SkippedSample] = field(default_factory=list)
     per_class: list[float | None] = field(default_factory=list)  # top-1 % per class; None: no video
+    confusion: list[list[int]] = field(default_factory=list)  # [true class][predicted class] -> videos
 
     @property
     def mean_class_accuracy(self) -> float:
@@ -51,68 +61,126 @@ class EvalResult:
                 "per_class_top1": self.per_class, "videos": self.videos, "skipped": len(self.skipped)}
 
 
+def _gather_skipped(skipped: list[SkippedSample], dist_info: DistInfo) -> list[SkippedSample]:
+    if not dist_info.enabled:
+        return skipped
+    parts: list = [None] * dist_info.world_size
+    dist.all_gather_object(parts, skipped)
+    return [s for part in parts for s in part]
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: VideoDataset, batch_size: int = 4, device: torch.device | None = None,
              precision: str = "fp32", dist_info: DistInfo | None = None, num_workers: int = 0,
              progress=None) -> EvalResult:
     """Top-1/top-5 accuracy (%) of ``model`` on ``dataset`` (test views) against the model's
     current classes. Each video's ``V = clips x crops`` views are classified together and
-    their softmax probabilities averaged (the published protocol)."""
+    their softmax probabilities averaged (the published protocol). ``progress``: a tqdm-like
+    object updated with the videos done (this process's)."""
     dist_info = dist_info or DistInfo()
     device = device or next(model.parameters()).device
+    precision = resolve_precision(precision, device)
     if dataset.train:
         raise ValueError("evaluate() needs a dataset built with train=False (deterministic test views)")
     was_training = model.training
     model.eval()
     loader = VideoLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), dist_info.rank,
                          dist_info.world_size), num_workers=num_workers, drop_last=False)
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, videos
-    with autocast_context(device, precision):
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits
+    with autocast(device, precision):
         text = model.class_text_features()
-    per_class = torch.zeros(2, text.shape[0], dtype=torch.float64, device=device)  # top-1 hits, videos
+    n_cls = text.shape[0]
+    confusion = torch.zeros(n_cls, n_cls, dtype=torch.float64, device=device)
     for batch in loader:
-        views = batch["video"].to(device, non_blocking=True)
-        b, v = views.shape[:2]
-        with autocast_context(device, precision):
-            logits = model(views.flatten(0, 1), text_features=text)
-        probs = logits.float().softmax(dim=-1).view(b, v, -1).mean(dim=1)
+        probs = classify_views(model, batch["video"].to(device, non_blocking=True), text, precision)
         labels = batch["label"].to(device)
         hits = topk_correct(probs, labels, ks=(1, 5))
-        totals += torch.tensor([hits[1], hits[5], b], dtype=torch.float64, device=device)
-        per_class[0].index_add_(0, labels, (probs.argmax(dim=-1) == labels).double())
-        per_class[1].index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+        totals += torch.tensor([hits[1], hits[5]], dtype=torch.float64, device=device)
+        confusion.index_put_((labels, probs.argmax(dim=-1)), torch.ones_like(labels, dtype=torch.float64),
+                             accumulate=True)
         if progress is not None:
-            progress.update(b)
+            progress.update(len(labels) + len(batch["skipped"]))
     all_reduce_sum(totals, dist_info)
-    all_reduce_sum(per_class, dist_info)
+    all_reduce_sum(confusion, dist_info)
+    skipped = _gather_skipped(list(loader.skipped), dist_info)
     model.train(was_training)
-    n = int(totals[2])
+    n = int(confusion.sum())
     if n == 0:
-        raise RuntimeError(f"no video of the evaluation set could be read ({len(loader.skipped)} skipped)")
-    class_top1 = [100 * float(h) / float(c) if c else None for h, c in zip(*per_class.tolist())]
+        first = skipped[0] if skipped else None
+        raise VideoDataError(first.path if first else "the evaluation set",
+                             f"{first.reason if first else 'no videos'}; no video of the evaluation set could be read "
+                             f"({len(skipped)} skipped)")
+    counts = confusion.sum(dim=1).tolist()
+    class_top1 = [100 * float(confusion[c, c]) / count if count else None for c, count in enumerate(counts)]
     return EvalResult(top1=100 * float(totals[0]) / n, top5=100 * float(totals[1]) / n, videos=n,
-                      skipped=list(loader.skipped), per_class=class_top1)
+                      skipped=skipped, per_class=class_top1, confusion=confusion.long().tolist())
+
+
+@contextlib.contextmanager
+def _one_report_for_skips():
+    """The dataset warns once per skipped video and the loader lists them all; a protocol run
+    reports a count and an example instead, and keeps the list in its results (DataLoader
+    workers inherit the levels when they start)."""
+    loggers = [logging.getLogger(f"vita_clip.data.{name}") for name in ("dataset", "loader")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
+def protocol_parts(protocol: str, val_list: str | None = None, classes: list[str] | None = None,
+                   model_classes: list[str] | None = None) -> list[tuple[str, str, list[str]]]:
+    """``(label, list file, class names)`` of each part of ``protocol``."""
+    if protocol == "supervised":
+        if val_list is None:
+            raise ValueError("protocol 'supervised' needs --val-list")
+        return [("val", val_list, classes or model_classes)]
+    if protocol in PROTOCOLS:
+        return [(label, str(split_file(split)), class_names(split_classes(split)))
+                for label, split in PROTOCOLS[protocol].parts]
+    raise ValueError(f"unknown protocol {protocol!r}; known: supervised, {', '.join(PROTOCOLS)}")
 
 
 def evaluate_protocol(model, protocol: str, data_root: str, data: DataConfig, batch_size: int = 4,
                       templates: str | None = None, val_list: str | None = None, classes: list[str] | None = None,
-                      device=None, num_workers: int = 2, limit: int | None = None) -> dict:
-    """Evaluate ``model`` under ``protocol``; returns ``{"parts": [...], "summary": {...}}``."""
-    if protocol == "supervised":
-        if val_list is None:
-            raise ValueError("protocol 'supervised' needs --val-list")
-        parts = [("val", val_list, classes or model.classnames)]
-    elif protocol in PROTOCOLS:
-        parts = [(label, str(split_file(split)), class_names(split_classes(split)))
-                 for label, split in PROTOCOLS[protocol].parts]
-    else:
-        raise ValueError(f"unknown protocol {protocol!r}; known: supervised, {', '.join(PROTOCOLS)}")
+                      device=None, num_workers: int = 2, limit: int | None = None, precision: str = "fp32",
+                      dist_info: DistInfo | None = None, progress: bool = False) -> dict:
+    """Evaluate ``model`` under ``protocol``; returns ``{"parts": [...], "summary": {...}}``.
+
+    The videos of each list are found under ``data_root`` in the flat or the class-folder
+    layout (:func:`~vita_clip.data.protocols.locate_videos`), checked before decoding starts;
+    listed files that are absent are reported once and counted as skipped."""
+    dist_info = dist_info or DistInfo()
+    device = device or next(model.parameters()).device
+    precision = resolve_precision(precision, device)
     rows = []
-    for label, list_file, names in parts:
+    for label, list_file, names in protocol_parts(protocol, val_list, classes, model.classnames):
         how = use_classes(model, names, templates)
-        dataset = VideoDataset(list_file, data_root, names, train=False, config=data)
+        dataset = VideoDataset(list_file, "", names, train=False, config=data)
         if limit is not None:
             dataset.entries = dataset.entries[:limit]
-        result = evaluate(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers)
-        rows.append({"part": label, "list": list_file, "classes": len(names), "text": how, **result.as_dict()})
-    return {"protocol": protocol, "parts": rows, "summary": combine(protocol, rows)}
+        located = locate_videos(dataset.entries, data_root, names, list_name=list_file)
+        if located.missing and dist_info.is_main:
+            logger.warning("%s: %d of %d listed videos are not under %r (e.g. %s): evaluated without them, "
+                           "counted as skipped", list_file, len(located.missing), len(dataset.entries),
+                           data_root, located.missing[0].path)
+        if not located.entries:
+            raise FileNotFoundError(f"{list_file}: none of its {len(dataset.entries)} videos is under {data_root!r}")
+        dataset.entries = located.entries
+        shard = len(ShardSampler(len(dataset), dist_info.rank, dist_info.world_size))  # the bar follows rank 0's shard
+        bar = tqdm(total=shard, desc=f"eval {label}" + (f" (shard 1 of {dist_info.world_size})" if dist_info.enabled else ""),
+                   unit="video", dynamic_ncols=True, disable=not (progress and dist_info.is_main))
+        with _one_report_for_skips():
+            result = evaluate(model, dataset, batch_size=batch_size, device=device, precision=precision,
+                              dist_info=dist_info, num_workers=num_workers, progress=bar)
+        bar.close()
+        skipped = located.missing + result.skipped
+        rows.append({"part": label, "list": list_file, "layout": located.layout, "classes": len(names),
+                     "class_names": names, "text": how, **result.as_dict(), "skipped": len(skipped),
+                     "skipped_videos": [str(s) for s in skipped], "confusion": result.confusion})
+    return {"protocol": protocol, "precision": precision, "views": [data.sampling.num_clips, data.transform.num_crops],
+            "frames": data.sampling.num_frames, "parts": rows, "summary": combine(protocol, rows)}

@@ -54,6 +54,9 @@ class MetricsWriter:
         unknown = set(values) - set(COLUMNS)
         if unknown:
             raise KeyError(f"metrics {sorted(unknown)} have no column in {self.path.name}")
+        if split == "train":  # the trainer logs its evaluations itself
+            logging.getLogger("vita_clip").info("step %d %s: %s", step, split, "  ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=COLUMNS).writerow(
                 {"step": step, "split": split, **{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in values.items()}})
@@ -95,6 +98,41 @@ def plot_metrics(csv_path: str | os.PathLike, out_path: str | os.PathLike) -> Pa
         ax.set_xlabel("step")
         if ax.lines:
             ax.legend()
+    fig.tight_layout()
+    out_path = Path(out_path)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], out_path: str | os.PathLike,
+                   title: str = "") -> Path | None:
+    """A confusion matrix (rows: true class, columns: predicted; each row normalised to the
+    share of its videos) as a PNG (None without matplotlib). Class names label the axes up to
+    60 classes; beyond that only the colours are shown."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logging.getLogger(__name__).warning("matplotlib is not installed: no confusion matrix")
+        return None
+    matrix = torch.tensor(confusion, dtype=torch.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] != len(classes):
+        raise ValueError(f"confusion matrix of shape {tuple(matrix.shape)} for {len(classes)} classes")
+    rows = matrix / matrix.sum(dim=1, keepdim=True).clamp_min(1)
+    n = len(classes)
+    side = min(max(4.0, 0.22 * n + 2), 24.0)
+    fig, ax = plt.subplots(figsize=(side, side))
+    image = ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    if n <= 60:
+        ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), classes, fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or "confusion matrix (share of each true class)")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     out_path = Path(out_path)
     fig.savefig(out_path, dpi=110)
