@@ -7,8 +7,9 @@ Public API::
     logits = model(video)                    # video: (B, T, 3, H, W), CLIP-normalised
     model.set_classes(["surfing", "juggling"], templates="class_only")   # zero-shot
     vita_clip.save_checkpoint(model, "model.pt"); model = vita_clip.load_model("model.pt")
+    vita_clip.save_pretrained(model, "my-model/"); model = vita_clip.from_pretrained("my-model/")
 """
-from .checkpoints import read_checkpoint, save_checkpoint
+from .checkpoints import read_checkpoint, save_checkpoint, save_pretrained
 from .errors import CheckpointMismatchError, PretrainedWeightsUnavailable
 from .models import (
                      TEMPLATES,
@@ -21,6 +22,7 @@ from .models import (
                      count_parameters,
                      create_backbone,
                      create_model,
+                     from_pretrained,
                      get_model_config,
                      list_backbones,
                      list_models,
@@ -32,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointMismatchError", "PretrainedWeightsUnavailable", "TEMPLATES", "TINY_BACKBONES",
     "TextPromptConfig", "ViFiCLIP", "ViFiCLIPConfig", "VitaCLIP", "VitaCLIPConfig",
-    "count_parameters", "create_backbone", "create_model", "get_model_config", "list_backbones",
+    "count_parameters", "create_backbone", "create_model", "from_pretrained", "get_model_config", "list_backbones",
     "list_models", "load_model", "read_checkpoint", "save_checkpoint",
+    "save_pretrained",
 ]
