@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from .cli import add_debug_flag, user_errors
 from .data.protocols import PROTOCOLS, resolve_classes
 from .engine.evaluate import evaluate_protocol
 from .inference import load_or_create, model_data_config, parse_views
@@ -65,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--limit", type=int, help="evaluate only the first N videos of each list (smoke tests)")
     parser.add_argument("--output", help="write the results as JSON here")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
-    try:
+    with user_errors(parser.prog, args.debug):
         clips, crops = parse_views(args.views)
         model = load_or_create(args.checkpoint, args.model, args.pretrained,
                                resolve_classes(args.classes) if args.classes else ("placeholder",))
@@ -76,8 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         model.to(device)
         results = evaluate_protocol(model, args.protocol, args.data_root, data, args.batch_size, args.templates,
                                     args.val_list, classes, device, args.workers, args.limit)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        parser.error(str(err))
     print(format_table(results))
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2))

@@ -19,9 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from .cli import add_debug_flag, user_errors
 from .data.classes import read_class_names
-from .data.errors import VideoDataError
-from .errors import PretrainedWeightsUnavailable
 from .inference import parse_views, predict
 
 
@@ -41,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--views", default="1x1", help="temporal clips x spatial crops, e.g. 3x1")
     parser.add_argument("--frames", type=int, help="frames per clip (default: the model's)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
-    try:
+    with user_errors(parser.prog, args.debug):
         classes = args.classes.split(",") if args.classes else read_class_names(args.classes_file)
         for video in args.videos:
             if not Path(video).is_file():
@@ -50,9 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         results = predict(args.videos, classes, checkpoint=args.checkpoint, model=args.model,
                           pretrained=args.pretrained, templates=args.templates, topk=args.topk,
                           views=parse_views(args.views), frames=args.frames)
-    except (ValueError, FileNotFoundError, VideoDataError, PretrainedWeightsUnavailable) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
     else:
