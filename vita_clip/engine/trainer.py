@@ -45,7 +45,12 @@ def resolve_device(name: str, dist_info: DistInfo | None = None) -> torch.device
 
 
 def prepare_data(config: TrainConfig, dist_info: DistInfo) -> tuple[TrainConfig, list[str]]:
-    """Fill in the demo dataset if asked for; resolve shipped split names; check the lists exist."""
+    """Fill in the demo dataset if asked for; resolve shipped split names; check the model
+    options, the lists and the classes before anything slow (the demo backbone) is made."""
+    try:
+        get_model_config(config.model.name, **config.model.options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"model.options: {err}") from None
     data = config.data
     if data.demo:
         from ..demo.dataset import make_demo_dataset
@@ -56,8 +61,6 @@ def prepare_data(config: TrainConfig, dist_info: DistInfo) -> tuple[TrainConfig,
         data = replace(data, train_list=str(demo.train_list), val_list=str(demo.val_list),
                        data_root=str(demo.root), classes=str(demo.class_file))
         config = replace(config, data=data)
-    if config.model.pretrained == DEMO_PRETRAINED:
-        config = replace(config, model=replace(config.model, pretrained=str(_demo_backbone(config, dist_info))))
     if data.train_list is None:
         raise ValueError("data.train_list: give a video list (or a shipped split name), or set data.demo=true")
     for name in ("train_list", "val_list"):
@@ -69,7 +72,10 @@ def prepare_data(config: TrainConfig, dist_info: DistInfo) -> tuple[TrainConfig,
                 continue
             raise FileNotFoundError(f"data.{name}: {path!r} is neither a file nor a shipped split "
                                     f"(e.g. {', '.join(list(SPLIT_FILES)[:3])}, ...)")
-    return config, resolve_classes(data.classes)
+    classnames = resolve_classes(data.classes)
+    if config.model.pretrained == DEMO_PRETRAINED:
+        config = replace(config, model=replace(config.model, pretrained=str(_demo_backbone(config, dist_info))))
+    return config, classnames
 
 
 def _demo_backbone(config: TrainConfig, dist_info: DistInfo) -> Path:

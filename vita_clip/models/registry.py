@@ -109,7 +109,8 @@ def get_model_config(name: str, **overrides) -> VitaCLIPConfig | ViFiCLIPConfig:
     """The config of a named model with ``overrides`` applied (nested ones as dicts)."""
     config_cls = family_of(name).config_cls
     preset = MODELS[name][1]
-    return replace(config_cls(), **preset, **overrides) if preset or overrides else config_cls()
+    fields = _merge(preset, overrides)  # overrides win over the preset, nested ones key by key
+    return replace(config_cls(), **fields) if fields else config_cls()
 
 
 def create_model(
