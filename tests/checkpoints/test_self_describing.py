@@ -208,3 +208,12 @@ def test_hub_repo_id_that_cannot_be_fetched_says_so(tmp_path, tiny_classes, monk
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="Hugging Face Hub"):
         load_model("someone/no-such-vita-clip-model")
+
+
+def test_checkpoints_written_before_the_rule_take_the_activation_from_their_tag():
+    """Old checkpoints recorded ``quick_gelu: null`` and the tag; the tag decided it then."""
+    from vita_clip.models.backbone import tag_quick_gelu
+
+    assert tag_quick_gelu("ViT-B-16", "openai") is True
+    assert tag_quick_gelu("ViT-B-16", "laion2b_s34b_b88k") is False
+    assert tag_quick_gelu("ViT-B-16", "no-such-tag") is None
