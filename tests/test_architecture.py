@@ -15,6 +15,7 @@ ALLOWED = {
     "kernels": set(),
     "data": {"errors", "config_builder"},
     "checkpoints": {"errors", "config_builder"},
+    "cli": {"errors", "data"},
     "models": {"errors", "config_builder", "kernels", "checkpoints", "data"},
     "inference": {"errors", "config_builder", "checkpoints", "data", "models"},
     "demo": {"errors", "config_builder", "checkpoints", "data", "models"},

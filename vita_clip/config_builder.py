@@ -10,12 +10,39 @@ overrides are dotted ``key=value`` strings read as YAML (:func:`apply_overrides`
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML as a user types numbers: YAML 1.1 (PyYAML) reads ``1e-3`` and ``5e-5`` as strings
+    (it wants ``1.0e-3``); here any decimal with an exponent, a dot or ``_`` separators is a
+    float (``1_000`` stays an int)."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _first in "-+0123456789.":
+    ConfigLoader.yaml_implicit_resolvers[_first] = [
+        (tag, regexp) for tag, regexp in ConfigLoader.yaml_implicit_resolvers.get(_first, [])
+        if tag != "tag:yaml.org,2002:float"]
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                 |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                 |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                 |[-+]?\.(?:inf|Inf|INF)
+                 |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    """``yaml.safe_load`` with :class:`ConfigLoader`'s numbers."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def build(cls, values: dict, prefix: str = ""):
@@ -94,7 +121,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ValueError(f"override {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ValueError(f"override {text!r}: cannot read the value: {err}") from err
     return key.split("."), value
@@ -127,7 +154,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(values, dict):

@@ -7,3 +7,7 @@ class PretrainedWeightsUnavailable(RuntimeError):
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint's keys or shapes do not fit the model it is loaded into."""
+
+
+class ResumeMismatchError(ValueError):
+    """A run's output directory holds a run with other settings than the ones asked for."""

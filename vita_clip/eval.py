@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from .cli import add_debug_flag, user_errors
 from .data.protocols import PROTOCOLS, resolve_classes
 from .engine.distributed import cleanup, init_distributed
 from .engine.evaluate import evaluate_protocol
@@ -97,6 +98,29 @@ def write_outputs(results: dict, output: Path) -> list[Path]:
     return written
 
 
+def run(args) -> tuple[dict, bool]:
+    """The evaluation the arguments describe (each torchrun rank a shard); ``(results, is_main)``."""
+    dist_info = None
+    try:
+        views = parse_views(args.views) if args.views else None
+        model = load_or_create(args.checkpoint, args.model, args.pretrained,
+                               resolve_classes(args.classes) if args.classes else ("placeholder",))
+        classes = resolve_classes(args.classes) if args.classes else None
+        data = model_data_config(model, args.checkpoint, args.frames, views)
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+        dist_info = init_distributed(device)
+        setup_logging(None, dist_info.is_main)  # warnings to stderr on rank 0 only
+        model.to(device)
+        results = evaluate_protocol(model, args.protocol, args.data_root, data, args.batch_size, args.templates,
+                                    args.val_list, classes, device, args.workers, args.limit, args.precision,
+                                    dist_info, progress=True)
+        return results, dist_info.is_main
+    finally:
+        if dist_info is not None:
+            cleanup(dist_info)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vita_clip.eval", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -119,28 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 on a GPU, fp32 on a CPU")
     parser.add_argument("--per-class", action="store_true", help="print the per-class accuracy table")
     parser.add_argument("--output", help="write the results as JSON here (with a per-class CSV and confusion PNGs)")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
-    dist_info = None
-    try:
-        views = parse_views(args.views) if args.views else None
-        model = load_or_create(args.checkpoint, args.model, args.pretrained,
-                               resolve_classes(args.classes) if args.classes else ("placeholder",))
-        classes = resolve_classes(args.classes) if args.classes else None
-        data = model_data_config(model, args.checkpoint, args.frames, views)
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
-        dist_info = init_distributed(device)
-        setup_logging(None, dist_info.is_main)  # warnings to stderr on rank 0 only
-        model.to(device)
-        results = evaluate_protocol(model, args.protocol, args.data_root, data, args.batch_size, args.templates,
-                                    args.val_list, classes, device, args.workers, args.limit, args.precision,
-                                    dist_info, progress=True)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        parser.error(str(err))
-    finally:
-        if dist_info is not None:
-            cleanup(dist_info)
-    if not dist_info.is_main:
+    with user_errors(parser.prog, args.debug):
+        results, is_main = run(args)
+    if not is_main:
         return 0
     print(format_table(results))
     for r in results["parts"]:

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config_builder import build, read_yaml
+from .checkpoints.reader import read_checkpoint
+from .config_builder import build
 from .data.batching import collate_clips
-from .data.config import DataConfig, DataSection
+from .data.config import DataConfig
 from .data.dataset import load_clip, plan_clip
 from .data.errors import SkippedSample, VideoDataError
 from .data.transforms import transform_clip
@@ -62,30 +63,27 @@ def use_classes(model, classes: list[str], templates: str | None) -> str:
         return "templates 'class_only' (the model's class-specific prompts cannot describe these classes)"
 
 
-def run_data_config(checkpoint: str | os.PathLike | None) -> DataConfig | None:
-    """The data recipe a checkpoint was trained with: from the ``config.yaml`` a training run
-    writes beside ``model.pt`` (and beside its ``checkpoint-N`` folders)."""
-    if not checkpoint or not isinstance(checkpoint, (str, os.PathLike)):  # e.g. an already loaded dict
+def run_data_config(checkpoint) -> DataConfig | None:
+    """The data recipe a checkpoint carries (sampling, transforms, test views of the run that
+    wrote it), or ``None`` (original checkpoints, state dicts). Read from the checkpoint
+    itself: never from a file beside it or from the current directory."""
+    if checkpoint is None or isinstance(checkpoint, torch.nn.Module):
         return None
-    path = Path(checkpoint)
-    for candidate in (path.parent / "config.yaml", path.parent.parent / "config.yaml"):
-        if candidate.is_file():
-            values = read_yaml(candidate)
-            try:
-                seed, views = values["seed"], tuple(values["eval_views"])
-            except KeyError as err:
-                raise ValueError(f"{candidate}: not a run config written by training (no {err.args[0]!r})") from None
-            section = build(DataSection, values.get("data", {}), prefix="data.")
-            return section.data_config(seed, test_views=views)
-    return None
+    loaded = checkpoint if isinstance(checkpoint, dict) and "kind" in checkpoint else read_checkpoint(checkpoint)
+    data = loaded.get("data") if loaded.get("kind") == "vita-clip" else None
+    return build(DataConfig, data, prefix="data.") if data is not None else None
 
 
 def model_data_config(model, checkpoint: str | os.PathLike | None = None, frames: int | None = None,
                       views: tuple[int, int] | None = None) -> DataConfig:
-    """The data recipe to run ``model`` with: the one its checkpoint was trained with when known,
-    else its family's (:func:`~vita_clip.models.registry.data_recipe`); ``frames`` and ``views``
-    (temporal clips, spatial crops) override the clip length and the test views."""
-    data = run_data_config(checkpoint) or data_recipe(model, frames)
+    """The data recipe to run ``model`` with: the one it was trained with when known (the
+    ``data_config`` :func:`~vita_clip.load_model` restores from the checkpoint, else the one
+    ``checkpoint`` carries), else its family's (:func:`~vita_clip.models.registry.data_recipe`);
+    ``frames`` and ``views`` (temporal clips, spatial crops) override the clip length and the
+    test views."""
+    # models from create_model / load_model hold their checkpoint's recipe (or None) already
+    data = model.data_config if hasattr(model, "data_config") else run_data_config(checkpoint)
+    data = data or data_recipe(model, frames)
     sampling, transform = data.sampling, data.transform
     if frames:
         sampling = replace(sampling, num_frames=frames)

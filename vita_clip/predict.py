@@ -34,9 +34,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .cli import add_debug_flag, user_errors
 from .data.classes import read_class_names
 from .data.errors import VideoDataError, check_on_error, format_skip_report
-from .errors import PretrainedWeightsUnavailable
 from .inference import PRECISIONS, Prediction, Predictor, expand_video_paths, load_or_create, parse_views
 
 
@@ -146,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--on-error", default="skip", choices=("skip", "raise"),
                         help="an unreadable video: report and skip it (default), or stop")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table (without --output)")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
-    try:
+    with user_errors(parser.prog, args.debug):
         check_on_error(args.on_error)
         specs = list(args.videos)
         if args.files_from:
@@ -208,9 +209,6 @@ def main(argv: list[str] | None = None) -> int:
             first = skipped[0]
             raise VideoDataError(first.path, f"{first.reason} (and no other video could be read: "
                                  f"{len(skipped)} of {len(todo)} skipped)" if len(skipped) > 1 else first.reason)
-    except (ValueError, FileNotFoundError, VideoDataError, PretrainedWeightsUnavailable) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     if args.json and output is None:
         print(json.dumps([r.as_dict() for r in results], indent=2))
     print(summary(done, sum(top1.values()), skipped, top1, time.perf_counter() - start, output), file=sys.stderr)

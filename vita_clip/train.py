@@ -6,7 +6,9 @@
 
 ``--config`` takes a YAML file or the name of a shipped config (see ``--list-configs``);
 ``KEY=VALUE`` arguments override any config key (``optim.lr=1e-3``, ``data.sampling.num_frames=16``).
-A run resumes from the newest checkpoint in its output directory unless ``--no-resume``.
+A run resumes from the newest intact checkpoint in its output directory when that run had the
+same settings; other settings are refused with the differing keys (``--resume force`` continues
+it with the new ones, ``--resume never`` / ``--no-resume`` starts afresh).
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import argparse
 import os
 import sys
 from pathlib import Path
+
+from .cli import add_debug_flag, user_errors
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -36,9 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="demo", help="YAML file or shipped config name (default: demo)")
     parser.add_argument("--fused", action="store_true", help="use the fused prompt-attention kernels (Vita-CLIP)")
     parser.add_argument("--output-dir", help="where checkpoints, logs, metrics and plots go (config: output_dir)")
-    parser.add_argument("--no-resume", action="store_true", help="start from scratch even if checkpoints exist")
+    parser.add_argument("--resume", choices=("auto", "force", "never"), default="auto",
+                        help="auto (default): continue the run in output_dir if its settings are the same; "
+                             "force: continue it with these settings; never: start from scratch")
+    parser.add_argument("--no-resume", action="store_true", help="the same as --resume never")
     parser.add_argument("--list-configs", action="store_true", help="print the shipped config names and exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-3")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.list_configs:
         for path in sorted(CONFIG_DIR.glob("*.yaml")):
@@ -54,14 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append("model.options.fused=true")
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
-    try:
+    resume = {"auto": True, "force": "force", "never": False}["never" if args.no_resume else args.resume]
+    with user_errors(parser.prog, args.debug, pretrained_flag="model.pretrained=PATH"):
         config = load_config(config_path(args.config), overrides)
         if args.fused and not family_of(config.model.name).supports_fused:
             raise ValueError(f"--fused applies to models with fused kernels (Vita-CLIP); model.name is "
                              f"{config.model.name!r}")
-    except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
-    result = train(config, resume=not args.no_resume)
+        result = train(config, resume=resume)
     if "val" in result and os.environ.get("RANK", "0") == "0":
         print(f"validation top-1 {result['val']['top1']:.2f}%  top-5 {result['val']['top5']:.2f}%  "
               f"({result['val']['videos']} videos)")

@@ -110,7 +110,7 @@ def test_trainable_only_checkpoint_round_trip(tmp_path, tiny_clip_state, tiny_cl
     model = create_model("vita-clip-tiny", tiny_classes, pretrained=str(clip_path)).eval()
     perturb_trainable(model)
     path = tmp_path / "ckpt" / "model.pt"
-    save_checkpoint(model, path)
+    save_checkpoint(model, path, trainable_only=True)  # the default carries a file's backbone inside
     assert sorted(os.listdir(path.parent)) == ["model.pt"]  # no temporary file left behind
     raw = torch.load(path, weights_only=True)
     assert raw["trainable_only"] and set(raw["state_dict"]) == {n for n, p in model.named_parameters() if p.requires_grad}

@@ -85,9 +85,12 @@ def test_train_checkpoint_eval_predict(demo, tmp_path, capsys):
 def test_predict_reports_unreadable_videos(demo, tmp_path, capsys):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00" * 100)
-    code = predict_main([str(bad), "--classes", "a,b", "--model", "vifi-clip-tiny"])
-    assert code == 2 and "broken.mp4" in capsys.readouterr().err
-    assert predict_main([str(tmp_path / "missing.mp4"), "--classes", "a,b", "--model", "vifi-clip-tiny"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main([str(bad), "--classes", "a,b", "--model", "vifi-clip-tiny"])
+    assert exit_info.value.code == 2 and "broken.mp4" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a user error: one line, exit code 2 (vita_clip.cli)
+        predict_main([str(tmp_path / "missing.mp4"), "--classes", "a,b", "--model", "vifi-clip-tiny"])
+    assert exit_info.value.code == 2
     assert "missing.mp4" in capsys.readouterr().err
 
 

@@ -3,15 +3,23 @@
 A vita-clip checkpoint is a plain dict (loadable with ``torch.load(weights_only=True)``)::
 
     {"format": "vita-clip", "version": 1, "architecture": "vita" | "vifi",
-     "config": {...}, "prompt_classnames": [...], "classnames": [...], "templates": [...] | None,
-     "trainable_only": bool, "state_dict": {...}}
+     "config": {...}, "backbone_config": {...}, "data": {...} | None,
+     "prompt_classnames": [...], "classnames": [...], "templates": [...] | None,
+     "trainable_only": bool, "state_dict": {...}, "sha256": "..."}
 
-With ``trainable_only`` the frozen CLIP weights are left out (they come from
-``config["pretrained"]`` when the model is rebuilt): 30 M instead of 187 M parameters for a
-Vita-CLIP B/16. Files are written atomically (temporary file + rename).
+It describes the function completely: ``config`` with the resolved activation
+(``quick_gelu`` true or false, never "follow the tag"), ``backbone_config`` the complete
+open_clip config the backbone was built from (no registered name needed), ``data`` the data
+recipe (sampling, transforms, test views) the model was trained and evaluated with, and
+``sha256`` a digest of the weights, checked on load. With ``trainable_only`` the frozen CLIP
+weights are left out: only when they come from an open_clip pretrained tag (30 M instead of
+187 M parameters for a Vita-CLIP B/16); weights from a local file travel inside, so the
+checkpoint never depends on where that file was. Files are written atomically (temporary
+file + rename), readable by all (0644 under the usual umask).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -24,6 +32,37 @@ from ..errors import CheckpointMismatchError
 
 FORMAT = "vita-clip"
 VERSION = 1
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def looks_like_path(value: str) -> bool:
+    """Whether a ``pretrained`` value names a file (else it is an open_clip tag such as ``openai``)."""
+    return os.path.exists(value) or os.sep in value or value.lower().endswith(_WEIGHT_SUFFIXES)
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives new files under the current umask (``mkstemp`` would give 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict: names, dtypes, shapes and bytes, in sorted key order."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
@@ -37,6 +76,7 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -57,15 +97,28 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k in trainable}
 
 
+def uses_quick_gelu(model: nn.Module) -> bool:
+    """The activation the model's CLIP MLPs actually compute (both towers share it)."""
+    return any(type(m).__name__ == "QuickGELU" for m in model.modules())
+
+
 def model_description(model: nn.Module) -> dict:
     """What :func:`vita_clip.load_model` needs besides the weights: format, architecture,
-    config, the classes the prompts were built for, and the current classes and templates."""
+    config (with the activation the model computes), the backbone's open_clip config, the
+    data recipe (``model.data_config``), the classes the prompts were built for, and the
+    current classes and templates."""
     learner = getattr(model, "prompt_learner", None)
+    config = config_to_dict(model.config)
+    config["quick_gelu"] = uses_quick_gelu(model)
+    backbone = getattr(model, "backbone_config", None)
+    data = getattr(model, "data_config", None)
     return {
         "format": FORMAT,
         "version": VERSION,
         "architecture": architecture_of(model),
-        "config": config_to_dict(model.config),
+        "config": config,
+        "backbone_config": {**backbone, "quick_gelu": config["quick_gelu"]} if backbone is not None else None,
+        "data": config_to_dict(data) if data is not None else None,
         "prompt_classnames": learner.classnames if learner is not None else model.classnames,
         "classnames": model.classnames,
         "templates": list(model.templates) if model.templates is not None else None,
@@ -74,9 +127,11 @@ def model_description(model: nn.Module) -> dict:
 
 def weights_to_save(model: nn.Module, trainable_only: bool | None = None) -> tuple[dict[str, torch.Tensor], bool]:
     """``(weights, trainable_only)``: ``trainable_only=None`` leaves the frozen weights out only
-    when they can be rebuilt, i.e. when the config names pretrained CLIP weights."""
+    when they can be rebuilt anywhere, i.e. when the config names an open_clip pretrained tag
+    (a local weight file may not exist where the checkpoint is loaded)."""
     if trainable_only is None:
-        trainable_only = model.config.pretrained is not None
+        pretrained = model.config.pretrained
+        trainable_only = pretrained is not None and not looks_like_path(pretrained)
     state = trainable_state_dict(model) if trainable_only else model.state_dict()
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}, trainable_only
 
@@ -84,7 +139,8 @@ def weights_to_save(model: nn.Module, trainable_only: bool | None = None) -> tup
 def checkpoint_dict(model: nn.Module, trainable_only: bool | None = None) -> dict:
     """The checkpoint of ``model`` as a dict (see the module docstring)."""
     weights, trainable_only = weights_to_save(model, trainable_only)
-    return {**model_description(model), "trainable_only": trainable_only, "state_dict": weights}
+    return {**model_description(model), "trainable_only": trainable_only, "state_dict": weights,
+            "sha256": tensors_digest(weights)}
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, trainable_only: bool | None = None) -> None:
@@ -179,3 +235,50 @@ def _listing(title: str, items: list[str]) -> str:
     shown = "\n".join(f"    {item}" for item in items[:_SHOW])
     more = f"\n    ... and {len(items) - _SHOW} more" if len(items) > _SHOW else ""
     return f"  {title} ({len(items)}):\n{shown}{more}"
+
+
+# -- the shareable directory form --------------------------------------------------------------
+
+PRETRAINED_WEIGHTS, PRETRAINED_CONFIG = "model.safetensors", "config.json"
+
+
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, trainable_only: bool | None = None) -> Path:
+    """Write ``model`` as a directory others can use (and upload to a Hugging Face Hub repo):
+    ``model.safetensors`` (the weights) and ``config.json`` (everything else a checkpoint holds,
+    with the weights file's SHA-256). Both files are replaced atomically, readable by all."""
+    import json
+
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights, trainable_only = weights_to_save(model, trainable_only)
+    fd, tmp = tempfile.mkstemp(prefix=f".{PRETRAINED_WEIGHTS}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        save_file(weights, tmp, metadata={"format": FORMAT})
+        os.chmod(tmp, file_mode())
+        description = {**model_description(model), "trainable_only": trainable_only,
+                       "weights_sha256": file_digest(tmp)}
+        os.replace(tmp, directory / PRETRAINED_WEIGHTS)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _atomic_write_text(directory / PRETRAINED_CONFIG, json.dumps(description, indent=2) + "\n")
+    return directory
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

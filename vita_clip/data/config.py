@@ -38,6 +38,38 @@ class ClipRecipe:
         check_on_error(self.on_error)
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        problems = recipe_problems(self.sampling, self.transform)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def recipe_problems(sampling: SamplingConfig, transform: TransformConfig) -> list[str]:
+    """Every value of a recipe outside its range, as ``key: expected ..., got ...`` (the
+    sampling and transform configs check their choices; this checks the numbers)."""
+    problems = []
+    t = transform
+
+    def check(key: str, ok: bool, expected: str, value) -> None:
+        if not ok:
+            problems.append(f"{key}: expected {expected}, got {value!r}")
+
+    check("transform.size", t.size >= 1, "a positive integer", t.size)
+    check("transform.train_short_side", t.train_short_side >= t.size, f">= transform.size ({t.size})", t.train_short_side)
+    lo, hi = t.crop_scale if len(t.crop_scale) == 2 else (1, 0)  # (1, 0): fails the check below
+    check("transform.crop_scale", 0 < lo <= hi <= 1, "[min, max] with 0 < min <= max <= 1",
+          list(t.crop_scale))
+    lo, hi = t.crop_ratio if len(t.crop_ratio) == 2 else (1, 0)
+    check("transform.crop_ratio", 0 < lo <= hi, "[min, max] with 0 < min <= max",
+          list(t.crop_ratio))
+    check("transform.scales", bool(t.scales) and all(0 < x <= 1 for x in t.scales), "values in (0, 1]", list(t.scales))
+    for name in ("flip", "color_jitter", "grayscale"):
+        value = getattr(t, name)
+        check(f"transform.{name}", 0 <= value <= 1, "a probability in [0, 1]", value)
+    check("transform.rand_augment_ops", t.rand_augment_ops >= 0, ">= 0", t.rand_augment_ops)
+    check("transform.rand_augment_magnitude", 0 <= t.rand_augment_magnitude <= 10, "0..10", t.rand_augment_magnitude)
+    check("transform.rand_augment_std", t.rand_augment_std >= 0, ">= 0", t.rand_augment_std)
+    check("transform.mean", all(0 <= x <= 1 for x in t.mean), "3 values in [0, 1] (pixel units / 255)", list(t.mean))
+    return problems
 
 
 @dataclass
@@ -93,6 +125,19 @@ class DataSection(ClipRecipe):
     max_empty_steps: int = 10
     demo: bool = False
     demo_dir: str = "data/demo"
+
+    def __post_init__(self):
+        super().__post_init__()
+        problems = []
+        if self.num_workers < 0:
+            problems.append(f"num_workers: expected >= 0, got {self.num_workers}")
+        for name in ("train_list", "val_list", "classes"):
+            if getattr(self, name) is not None and not getattr(self, name).strip():
+                problems.append(f"{name}: expected a file or a shipped name, got an empty string")
+        if self.demo and not self.demo_dir.strip():
+            problems.append("demo_dir: expected a folder for the generated demo data, got an empty string")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def data_config(self, seed: int, test_views: tuple[int, int] | None = None) -> DataConfig:
         """The :class:`DataConfig` of this section; ``test_views`` = (clips, crops) of evaluation."""

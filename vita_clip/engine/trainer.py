@@ -13,18 +13,19 @@ import yaml
 from tqdm import tqdm
 
 from ..checkpoints.io import save_checkpoint
-from ..checkpoints.training import latest_checkpoint, restore_training_state, save_training_state
+from ..checkpoints.training import latest_intact_checkpoint, restore_training_state, save_training_state
 from ..config_builder import config_to_dict
 from ..data.dataset import EmptyStepGuard, VideoDataset, check_readable
 from ..data.errors import format_skip_report
 from ..data.protocols import SPLIT_FILES, resolve_classes, split_file
+from ..errors import ResumeMismatchError
 from ..models.registry import create_model, get_model_config
 from .batches import StepBatches
 from .config import DEMO_PRETRAINED, TrainConfig
 from .distributed import DistInfo, barrier, broadcast_, cleanup, init_distributed
 from .evaluate import evaluate
 from .metrics import MetricsWriter, plot_metrics, setup_logging
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, lr_factor
 from .sampler import StepSampler
 from .step import train_step
 
@@ -44,7 +45,12 @@ def resolve_device(name: str, dist_info: DistInfo | None = None) -> torch.device
 
 
 def prepare_data(config: TrainConfig, dist_info: DistInfo) -> tuple[TrainConfig, list[str]]:
-    """Fill in the demo dataset if asked for; resolve shipped split names; check the lists exist."""
+    """Fill in the demo dataset if asked for; resolve shipped split names; check the model
+    options, the lists and the classes before anything slow (the demo backbone) is made."""
+    try:
+        get_model_config(config.model.name, **config.model.options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"model.options: {err}") from None
     data = config.data
     if data.demo:
         from ..demo.dataset import make_demo_dataset
@@ -55,8 +61,6 @@ def prepare_data(config: TrainConfig, dist_info: DistInfo) -> tuple[TrainConfig,
         data = replace(data, train_list=str(demo.train_list), val_list=str(demo.val_list),
                        data_root=str(demo.root), classes=str(demo.class_file))
         config = replace(config, data=data)
-    if config.model.pretrained == DEMO_PRETRAINED:
-        config = replace(config, model=replace(config.model, pretrained=str(_demo_backbone(config, dist_info))))
     if data.train_list is None:
         raise ValueError("data.train_list: give a video list (or a shipped split name), or set data.demo=true")
     for name in ("train_list", "val_list"):
@@ -68,7 +72,10 @@ def prepare_data(config: TrainConfig, dist_info: DistInfo) -> tuple[TrainConfig,
                 continue
             raise FileNotFoundError(f"data.{name}: {path!r} is neither a file nor a shipped split "
                                     f"(e.g. {', '.join(list(SPLIT_FILES)[:3])}, ...)")
-    return config, resolve_classes(data.classes)
+    classnames = resolve_classes(data.classes)
+    if config.model.pretrained == DEMO_PRETRAINED:
+        config = replace(config, model=replace(config.model, pretrained=str(_demo_backbone(config, dist_info))))
+    return config, classnames
 
 
 def _demo_backbone(config: TrainConfig, dist_info: DistInfo) -> Path:
@@ -100,21 +107,90 @@ def build_model(config: TrainConfig, classnames: list[str], device: torch.device
     return model.to(device)
 
 
-def train(config: TrainConfig, resume: bool = True) -> dict:
-    """Run (or resume) training as described by ``config``; returns the final metrics."""
+# Run-config keys that change how a run is watched, not what it computes: a resume may differ in these.
+BOOKKEEPING_KEYS = frozenset({"output_dir", "log_every", "eval_every", "save_every", "keep_checkpoints", "device",
+                              "compile", "data.num_workers", "data.demo", "data.demo_dir"})
+RESUME_MODES = (True, False, "force")
+
+
+def config_changes(stored: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every run-config value that differs, bookkeeping keys aside."""
+    changes = []
+    for key in sorted(set(stored) | set(new)):
+        dotted = prefix + key
+        if dotted in BOOKKEEPING_KEYS:
+            continue
+        old, value = stored.get(key), new.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            changes += config_changes(old, value, dotted + ".")
+        elif old != value:
+            changes.append(f"{dotted}: {old!r} -> {value!r}")
+    return changes
+
+
+def train(config: TrainConfig, resume: bool | str = True) -> dict:
+    """Run (or resume) training as described by ``config``; returns the final metrics.
+
+    ``resume``: ``True`` continues the newest intact checkpoint in ``output_dir`` when its run
+    config equals this one (else :class:`~vita_clip.errors.ResumeMismatchError` lists the
+    keys), ``"force"`` continues it with this config's values (optimizer settings and schedule
+    included; ``results.json`` records the changes), ``False`` starts afresh."""
+    if resume not in RESUME_MODES:
+        raise ValueError(f"resume: expected true, false or 'force', got {resume!r}")
     device = resolve_device(config.device)
     dist_info = init_distributed(device)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return _train(config, resume, device, dist_info)
     finally:
+        torch.use_deterministic_algorithms(deterministic)
         cleanup(dist_info)
 
 
-def _train(config: TrainConfig, resume: bool, device: torch.device, dist_info: DistInfo) -> dict:
+def make_deterministic(seed: int) -> dict:
+    """Seed every generator and ask for deterministic kernels; returns what ``results.json``
+    records of it. Called right before the model is built, so work done before (generating the
+    demo data, pretraining its backbone) cannot shift the random initialisation."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    return {"seed": seed, "deterministic_algorithms": True, "torch_threads": torch.get_num_threads(),
+            "data_randomness": "per sample from (data seed, epoch, index): independent of workers",
+            "torch": torch.__version__}
+
+
+def _resume_point(out: Path, config: TrainConfig, resume, dist_info: DistInfo):
+    """The intact checkpoint to continue, after checking its run config against this one."""
+    if resume is False:
+        return None, []
+    report = logger.warning if dist_info.is_main else None
+    found = latest_intact_checkpoint(out, report=report)
+    if found is None:
+        return None, []
+    path, state, _ = found
+    changes = config_changes(state.get("run_config", {}), config_to_dict(config))
+    if changes and resume != "force":
+        raise ResumeMismatchError(
+            f"{out} holds a run with other settings ({'; '.join(changes)}); resuming would continue the old "
+            f"one: pass --resume force (train(..., resume='force')) to continue it with the new values, "
+            f"or choose a new output_dir")
+    if changes and dist_info.is_main:
+        logger.warning("resume force: continuing %s with changed settings: %s", path, "; ".join(changes))
+    return found, changes
+
+
+def _train(config: TrainConfig, resume, device: torch.device, dist_info: DistInfo) -> dict:
     out = Path(config.output_dir)
     setup_logging(out, dist_info.is_main)
-    torch.manual_seed(config.seed)
     config, classnames = prepare_data(config, dist_info)
+    found, changes = _resume_point(out, config, resume, dist_info)
+    determinism = make_deterministic(config.seed)
     train_set = VideoDataset(config.data.train_list, config.data.data_root, classnames, train=True,
                              config=config.data.data_config(config.seed))
     check_readable(train_set)  # a wrong data_root stops here, with one message
@@ -124,6 +200,8 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, dist_info: D
                                config=config.data.data_config(config.seed, test_views=config.eval_views))
 
     model = build_model(config, classnames, device)
+    # the recipe travels in every checkpoint: eval and predict sample as the run evaluated
+    model.data_config = config.data.data_config(config.seed, test_views=config.eval_views)
     if model.image_size[0] != config.data.transform.size:
         raise ValueError(f"data.transform.size={config.data.transform.size} but the model {config.model.name!r} "
                          f"takes {model.image_size[0]}x{model.image_size[1]} frames")
@@ -135,9 +213,12 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, dist_info: D
     forward_model = torch.compile(model) if config.compile else model
 
     start = 0
-    latest = latest_checkpoint(out) if resume else None
-    if latest is not None:
-        start = restore_training_state(latest, model, optimizer, scheduler, scaler)
+    if found is not None:
+        latest, state, weights = found
+        start = restore_training_state(latest, model, optimizer, scheduler if not changes else None, scaler,
+                                       read=(state, weights))
+        if changes:  # forced: this config's optimizer settings and schedule from here on
+            _apply_optim_settings(optimizer, scheduler, config, start)
         logger.info("resumed from %s (step %d of %d)", latest, start, config.steps)
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -192,7 +273,9 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, dist_info: D
     if skipped_total and dist_info.is_main:
         logger.warning(format_skip_report(skipped_total, "training videos skipped"))
 
-    final: dict = {"steps": config.steps, "skipped_train_videos": len(skipped_total)}
+    final: dict = {"steps": config.steps, "skipped_train_videos": len(skipped_total), "determinism": determinism}
+    if changes:
+        final["resumed_with_changes"] = changes
     if val_set is not None:
         bar = tqdm(total=len(val_set), desc="eval", disable=not dist_info.is_main, dynamic_ncols=True)
         result_val = evaluate(model, val_set, batch_size=config.micro_batch_size, device=device,
@@ -213,6 +296,16 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, dist_info: D
     metrics.close()
     barrier(dist_info)
     return final
+
+
+def _apply_optim_settings(optimizer, scheduler, config: TrainConfig, step: int) -> None:
+    """A forced resume: the restored optimizer state (moments) with this config's settings."""
+    optim = config.optim
+    for group in optimizer.param_groups:
+        group.update(weight_decay=optim.weight_decay, betas=tuple(optim.betas), eps=optim.eps, initial_lr=optim.lr,
+                     lr=optim.lr * lr_factor(step, config.steps, optim.warmup_steps, optim.min_lr_ratio))
+    scheduler.base_lrs = [optim.lr for _ in optimizer.param_groups]
+    scheduler.last_epoch = step
 
 
 def _save(out, step, model, optimizer, scheduler, scaler, config, dist_info) -> None:

@@ -10,6 +10,7 @@ from .registry import (
                        create_model,
                        data_recipe,
                        family_of,
+                       from_pretrained,
                        get_model_config,
                        list_models,
                        load_model,
@@ -21,5 +22,5 @@ from .vita import VitaCLIP
 __all__ = [
     "FAMILIES", "MODELS", "ModelFamily", "TEMPLATES", "TINY_BACKBONES", "TextPromptConfig", "ViFiCLIP",
     "ViFiCLIPConfig", "VitaCLIP", "VitaCLIPConfig", "count_parameters", "create_backbone", "create_model",
-    "data_recipe", "family_of", "get_model_config", "list_backbones", "list_models", "load_model",
+    "data_recipe", "family_of", "from_pretrained", "get_model_config", "list_backbones", "list_models", "load_model",
 ]

@@ -7,29 +7,40 @@ file holding an OpenAI (TorchScript or state dict) or open_clip checkpoint. Noth
 downloaded when the weights are already in the Hugging Face cache; when they are not and
 the machine is offline, :class:`PretrainedWeightsUnavailable` says how to supply a file.
 
+A backbone is an open_clip config name, or the path of an open_clip-style model config JSON
+(``{"embed_dim", "vision_cfg", "text_cfg", "quick_gelu"}``) for a ViT open_clip does not
+ship: no ``open_clip.add_model_config`` is needed. Such a file must state
+``vision_cfg.head_width`` and ``text_cfg.heads``: the weights do not reveal the head count,
+and open_clip's defaults (64, 8) would silently split the attention differently.
+:func:`resolved_backbone_config` is the complete config (every field explicit, the activation
+resolved) that checkpoints carry, so they rebuild the same function without the file.
+
 Two tiny configs for tests and the demo are registered with open_clip on import:
 ``ViT-Tiny-16`` (32 px, patch 16, width 64, 3 layers, 4 heads; the golden test config) and
 ``ViT-Tiny-8`` (64 px, patch 8, width 96, 3 layers, 3 heads).
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import socket
 import warnings
 import zipfile
+from functools import lru_cache
 from pathlib import Path
 
 import open_clip
 import torch
-from open_clip.model import resize_pos_embed
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg, resize_pos_embed
 
-from ..checkpoints.io import load_state_dict_checked, strip_prefix, unwrap_state_dict
+from ..checkpoints.io import load_state_dict_checked, looks_like_path, strip_prefix, unwrap_state_dict
 from ..errors import PretrainedWeightsUnavailable
 
 _TINY_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(_TINY_CONFIG_DIR)
 
 TINY_BACKBONES = tuple(sorted(p.stem for p in _TINY_CONFIG_DIR.glob("*.json")))
-_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
 def list_backbones() -> list[str]:
@@ -37,14 +48,14 @@ def list_backbones() -> list[str]:
     return [name for name in open_clip.list_models() if _unsupported_reason(name) is None]
 
 
-def _unsupported_reason(name: str) -> str | None:
-    cfg = open_clip.get_model_config(name)
+def _unsupported_reason(name: str | dict) -> str | None:
+    cfg = open_clip.get_model_config(name) if isinstance(name, str) else name
     if cfg is None:
         return "unknown"
     vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
-    if "timm_model_name" in vision or isinstance(vision.get("layers"), (list, tuple)):
+    if vision.get("timm_model_name") or isinstance(vision.get("layers"), (list, tuple)):
         return "its image tower is not a plain ViT"
-    if "hf_model_name" in text or cfg.get("custom_text") or "multimodal_cfg" in cfg:
+    if text.get("hf_model_name") or cfg.get("custom_text") or cfg.get("multimodal_cfg"):
         return "its text tower is not the standard CLIP transformer"
     if vision.get("attentional_pool") or vision.get("pool_type", "tok") != "tok" or vision.get("no_ln_pre"):
         return "it pools without a class token or has no ln_pre"
@@ -53,48 +64,104 @@ def _unsupported_reason(name: str) -> str | None:
     return None
 
 
+def backbone_config(name: str | dict) -> dict:
+    """The open_clip model config of a backbone: a registered name, an open_clip-style JSON
+    file, or the config itself (as a checkpoint carries it). Checked to be a supported ViT."""
+    if isinstance(name, dict):
+        cfg, what = name, "the backbone config"
+    elif name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone {name!r}: no such model config file")
+        try:
+            cfg = json.loads(path.read_text())
+        except ValueError as err:
+            raise ValueError(f"backbone {name}: not valid JSON: {err}") from None
+        what = f"backbone {name}"
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("vision_cfg"), dict) or not isinstance(cfg.get("text_cfg"), dict):
+            raise ValueError(f"{what}: expected an open_clip model config with 'embed_dim', 'vision_cfg' and 'text_cfg'")
+        # open_clip's defaults would be taken silently and split the attention differently
+        for section, key in (("vision_cfg", "head_width"), ("text_cfg", "heads")):
+            if key not in cfg[section]:
+                raise ValueError(f"{what}: {section}.{key} is missing; state it (the weights do not show the head "
+                                 f"count, open_clip would assume {64 if key == 'head_width' else 8})")
+    else:
+        cfg, what = open_clip.get_model_config(name), f"backbone {name!r}"
+    reason = _unsupported_reason(cfg)
+    if reason == "unknown":
+        known = ", ".join(n for n in list_backbones() if n.startswith("ViT-"))
+        raise ValueError(f"unknown backbone {name!r}; expected an open_clip ViT name such as: {known}, "
+                         f"or the path of an open_clip model config .json")
+    if reason is not None:
+        raise ValueError(f"{what} is not supported: {reason}")
+    if "embed_dim" not in cfg:
+        raise ValueError(f"{what}: 'embed_dim' is missing")
+    return cfg
+
+
+def resolved_backbone_config(name: str | dict, quick_gelu: bool) -> dict:
+    """The complete config a backbone is built from: every vision and text field explicit (so
+    a later open_clip with other defaults builds the same network) and the activation resolved."""
+    cfg = backbone_config(name)
+    return {**{k: v for k, v in cfg.items() if k not in ("vision_cfg", "text_cfg", "quick_gelu")},
+            "vision_cfg": dataclasses.asdict(CLIPVisionCfg(**cfg["vision_cfg"])),
+            "text_cfg": dataclasses.asdict(CLIPTextCfg(**cfg["text_cfg"])),
+            "quick_gelu": bool(quick_gelu)}
+
+
+def tag_quick_gelu(name: str, tag: str) -> bool | None:
+    """The activation open_clip's pretrained tag ``tag`` of ``name`` was trained with (``None``: unknown tag)."""
+    cfg = open_clip.get_pretrained_cfg(name, tag) if name else None
+    return bool(cfg.get("quick_gelu", False)) if cfg else None
+
+
 def create_backbone(
-    name: str,
+    name: str | dict,
     pretrained: str | None = None,
     quick_gelu: bool | None = None,
     cache_dir: str | None = None,
+    config: dict | None = None,
 ) -> open_clip.CLIP:
     """Build an open_clip CLIP model and load its weights.
 
     Args:
-        name: open_clip model name, e.g. ``"ViT-B-16"`` or a tiny config ``"ViT-Tiny-16"``.
+        name: open_clip model name, e.g. ``"ViT-B-16"`` or a tiny config ``"ViT-Tiny-16"``, the
+            path of an open_clip model config ``.json``, or such a config as a dict (what
+            checkpoints carry; its ``quick_gelu`` is then the resolved activation).
         pretrained: an open_clip pretrained tag of ``name`` (``"openai"``), a path to a weight
             file, or ``None`` for random weights.
         quick_gelu: activation of the MLPs. ``None`` takes it from the pretrained tag (OpenAI
             weights were trained with QuickGELU) or else from the model config.
         cache_dir: where open_clip looks for downloaded weights.
+        config: the resolved config to build instead of looking ``name`` up (what a checkpoint
+            carries); ``name`` still finds the pretrained tag.
+
+    The model's ``backbone_config`` attribute is its :func:`resolved_backbone_config`.
 
     The model is built on the current default device, so ``with torch.device("meta"):``
     builds it without allocating weights (then ``pretrained`` must be ``None``).
     """
-    reason = _unsupported_reason(name)
-    if reason == "unknown":
-        known = ", ".join(n for n in list_backbones() if n.startswith("ViT-"))
-        raise ValueError(f"unknown backbone {name!r}; expected an open_clip ViT name such as: {known}")
-    if reason is not None:
-        raise ValueError(f"backbone {name!r} is not supported: {reason}")
-
+    cfg = backbone_config(config if config is not None else name)
+    if config is not None and quick_gelu is None:
+        quick_gelu = bool(config.get("quick_gelu", False))  # resolved when the checkpoint was written
+    label = name if isinstance(name, str) else "the checkpoint's backbone"
     tag_cfg = None
-    if pretrained is not None and not _looks_like_path(pretrained):
-        tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if pretrained is not None and not looks_like_path(pretrained):
+        tag_cfg = open_clip.get_pretrained_cfg(name, pretrained) if isinstance(name, str) else {}
         if not tag_cfg:
-            tags = open_clip.list_pretrained_tags_by_model(name)
+            tags = open_clip.list_pretrained_tags_by_model(name) if isinstance(name, str) else []
             raise ValueError(
-                f"pretrained={pretrained!r} is neither an existing file nor a pretrained tag of {name!r} "
+                f"pretrained={pretrained!r} is neither an existing file nor a pretrained tag of {label!r} "
                 f"(its tags: {tags or 'none'}); pass an open_clip tag or the path of a checkpoint file"
             )
     if quick_gelu is None:
-        if tag_cfg is not None:
-            quick_gelu = bool(tag_cfg.get("quick_gelu", False))
-        else:
-            quick_gelu = bool(open_clip.get_model_config(name).get("quick_gelu", False))
+        source = tag_cfg if tag_cfg is not None else cfg
+        quick_gelu = bool(source.get("quick_gelu", False))
 
-    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, device=torch.get_default_device())
+    resolved = resolved_backbone_config(cfg, quick_gelu)
+    # built from the config itself (not by name): files and checkpoint configs need no registration
+    model = open_clip.CLIP(**resolved)
+    model.backbone_config = resolved
     if pretrained is not None:
         if model.logit_scale.is_meta:
             raise ValueError("pretrained weights cannot be loaded into a model built on the meta device")
@@ -103,25 +170,62 @@ def create_backbone(
     return model
 
 
-def _looks_like_path(value: str) -> bool:
-    return os.path.exists(value) or os.sep in value or value.lower().endswith(_WEIGHT_SUFFIXES)
+@lru_cache(maxsize=1)
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether downloads can work at all: ``HF_HUB_OFFLINE`` unset and the hub answers one TCP
+    connection (asked once per process, instead of a minute of retries per file)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def _download(name: str, tag: str, tag_cfg: dict, cache_dir: str | None) -> str:
-    try:
-        path = open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
-    except Exception as err:  # hub and URL errors come in many types; all mean "not available"
-        raise PretrainedWeightsUnavailable(
-            f"the {tag!r} weights of backbone {name!r} are not in the local cache and could not be "
-            f"downloaded ({type(err).__name__}: {err}). On a machine with internet, run "
-            f"`python -c \"import open_clip; open_clip.create_model('{name}', pretrained='{tag}')\"` "
+    def unavailable(reason: str) -> PretrainedWeightsUnavailable:
+        return PretrainedWeightsUnavailable(
+            f"the {tag!r} weights of backbone {name!r} are not in the local cache and {reason}. On a machine "
+            f"with internet, run `python -c \"import open_clip; open_clip.create_model('{name}', pretrained='{tag}')\"` "
             f"and copy the Hugging Face cache, or download the checkpoint "
             f"({tag_cfg.get('url') or tag_cfg.get('hf_hub')}) yourself, then pass "
-            f"pretrained='/path/to/checkpoint' (OpenAI .pt, open_clip .bin/.pt or .safetensors)."
-        ) from err
+            f"pretrained='/path/to/checkpoint' (OpenAI .pt, open_clip .bin/.pt or .safetensors).")
+
+    if not hub_reachable():
+        # cached files still load offline; only a miss is an error, and it comes at once
+        with _hub_offline():
+            try:
+                path = open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
+            except Exception as err:  # hub and URL errors come in many types; all mean "not available"
+                raise unavailable("this machine is offline (HF_HUB_OFFLINE set or the hub unreachable)") from err
+    else:
+        try:
+            path = open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
+        except Exception as err:  # hub and URL errors come in many types; all mean "not available"
+            raise unavailable(f"could not be downloaded ({type(err).__name__}: {err})") from err
     if not path:
         raise PretrainedWeightsUnavailable(f"open_clip has no download location for {name!r} / {tag!r}")
     return path
+
+
+class _hub_offline:
+    """``HF_HUB_OFFLINE=1`` for the duration (huggingface_hub reads its constant at import, so both)."""
+
+    def __enter__(self):
+        import huggingface_hub.constants as constants
+
+        self.previous = (os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE)
+        os.environ["HF_HUB_OFFLINE"], constants.HF_HUB_OFFLINE = "1", True
+
+    def __exit__(self, *exc):
+        import huggingface_hub.constants as constants
+
+        env, constants.HF_HUB_OFFLINE = self.previous
+        if env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = env
 
 
 def read_clip_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

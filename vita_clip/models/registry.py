@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..checkpoints.io import covers_backbone, load_weights
+from ..checkpoints.io import covers_backbone, load_weights, looks_like_path
 from ..checkpoints.original import vita_config_overrides
 from ..checkpoints.reader import read_checkpoint
 from ..config_builder import build, replace
 from ..data.config import DataConfig
+from .backbone import create_backbone, tag_quick_gelu
 from .config import ViFiCLIPConfig, VitaCLIPConfig
 from .vifi import ViFiCLIP
 from .vita import VitaCLIP
@@ -38,6 +39,9 @@ class ModelFamily:
         supports_fused: whether the config has the ``fused`` switch (the fused prompt-attention kernels).
         original_kind: the :func:`~vita_clip.checkpoints.read_checkpoint` kind of its released checkpoints.
         implied_by_original: config fields a converted released checkpoint implies (``None``: none).
+        original_quick_gelu: the activation the released code computes, whatever the open_clip
+            config of the backbone says (Vita-CLIP's towers and the OpenAI CLIP code ViFi-CLIP
+            builds on hard-code QuickGELU).
     """
 
     architecture: str
@@ -48,6 +52,7 @@ class ModelFamily:
     supports_fused: bool
     original_kind: str
     implied_by_original: Callable[[dict], dict] | None = None
+    original_quick_gelu: bool = True
 
 
 FAMILIES: dict[str, ModelFamily] = {
@@ -104,7 +109,8 @@ def get_model_config(name: str, **overrides) -> VitaCLIPConfig | ViFiCLIPConfig:
     """The config of a named model with ``overrides`` applied (nested ones as dicts)."""
     config_cls = family_of(name).config_cls
     preset = MODELS[name][1]
-    return replace(config_cls(), **preset, **overrides) if preset or overrides else config_cls()
+    fields = _merge(preset, overrides)  # overrides win over the preset, nested ones key by key
+    return replace(config_cls(), **fields) if fields else config_cls()
 
 
 def create_model(
@@ -136,16 +142,26 @@ def create_model(
             ``fused=True``. They win over the preset and over what a checkpoint implies.
 
     Precedence: ``overrides`` > checkpoint-implied fields > named preset > config defaults.
+    The activation is never left to chance: a vita-clip checkpoint records the one it computed
+    (and its backbone's whole open_clip config, so no registered name is needed), and an
+    original Vita-CLIP or ViFi-CLIP checkpoint always gets QuickGELU, the released code's
+    (``quick_gelu=False`` with one is refused).
     """
     family = family_of(name)
     preset = MODELS[name][1]
     loaded = read_checkpoint(checkpoint) if checkpoint is not None else None
     implied: dict = {}
+    backbone_config = None
     if loaded is not None:
         if loaded["kind"] == "vita-clip":
             if loaded["architecture"] != family.architecture:
                 raise ValueError(f"{loaded['source']} holds a {loaded['architecture']} model, not a {name!r} model")
             implied = dict(loaded["config"])
+            backbone_config = loaded.get("backbone_config")
+            tag = implied.get("pretrained")
+            if implied.get("quick_gelu") is None and isinstance(tag, str) and not looks_like_path(tag):
+                # written before checkpoints recorded the activation: the tag decided it then
+                implied["quick_gelu"] = tag_quick_gelu(implied.get("backbone", ""), tag)
         elif loaded["kind"].startswith("original-"):
             owner = next(f for f in FAMILIES.values() if f.original_kind == loaded["kind"])
             if owner is not family:
@@ -153,6 +169,10 @@ def create_model(
                                  f"create a '{owner.generic_name}*' model")
             if family.implied_by_original is not None:
                 implied = family.implied_by_original(loaded["state_dict"])
+            implied["quick_gelu"] = family.original_quick_gelu
+            if overrides.get("quick_gelu") not in (None, family.original_quick_gelu):
+                raise ValueError(f"quick_gelu={overrides['quick_gelu']!r}: {loaded['source']} is an {loaded['kind']} "
+                                 f"checkpoint, whose code computes quick_gelu={family.original_quick_gelu}")
         if pretrained is _UNSET and covers_backbone(loaded["state_dict"]):
             pretrained = None  # the checkpoint brings the backbone: skip loading CLIP twice
     fields = _merge(preset, implied, overrides)
@@ -164,8 +184,15 @@ def create_model(
             raise ValueError("device='meta' builds a model without weights; do not pass a checkpoint")
         fields["pretrained"] = None
     config = build(family.config_cls, fields)
+    if backbone_config is not None and config.backbone != implied.get("backbone"):
+        backbone_config = None  # another backbone asked for explicitly
     with torch.device("meta") if meta else contextlib.nullcontext(), _quiet_open_clip():
-        model = family.model_cls(config, classnames)
+        clip = create_backbone(config.backbone, config.pretrained, config.quick_gelu, config=backbone_config)
+        config.quick_gelu = clip.backbone_config["quick_gelu"]  # resolved: what the model computes
+        model = family.model_cls(config, classnames, clip_model=clip)
+    model.backbone_config = clip.backbone_config
+    recipe = loaded.get("data") if loaded is not None else None
+    model.data_config = build(DataConfig, recipe, prefix="data.") if recipe is not None else None
     if loaded is not None:
         load_weights(model, loaded)
     if device is not None and not meta:
@@ -175,9 +202,13 @@ def create_model(
 
 def load_model(checkpoint: str | os.PathLike | dict, *, pretrained: str | None = _UNSET,
                device: str | torch.device | None = None) -> VitaCLIP | ViFiCLIP:
-    """Rebuild a model saved with :func:`vita_clip.save_checkpoint`: config, classes,
-    templates and weights. ``pretrained`` overrides where the frozen CLIP weights of a
-    trainable-only checkpoint come from (e.g. a local file on an offline machine)."""
+    """Rebuild a model saved with :func:`vita_clip.save_checkpoint` or
+    :func:`vita_clip.save_pretrained` (a file, a folder, a training ``checkpoint-<step>``
+    folder, or a Hugging Face Hub repo id): config, backbone, classes, templates, weights and
+    the data recipe (``model.data_config``, ``None`` when the checkpoint has none). Nothing is
+    read from the current directory or beside the checkpoint. ``pretrained`` overrides where
+    the frozen CLIP weights of a trainable-only checkpoint come from (e.g. a local file on an
+    offline machine)."""
     loaded = read_checkpoint(checkpoint)
     if loaded["kind"] != "vita-clip":
         raise ValueError(f"{loaded['source']} is not a vita-clip checkpoint (it is {loaded['kind']!r}); "
@@ -190,6 +221,9 @@ def load_model(checkpoint: str | os.PathLike | dict, *, pretrained: str | None =
     if loaded["templates"] is not None or loaded["classnames"] != loaded["prompt_classnames"]:
         model.set_classes(loaded["classnames"], loaded["templates"])
     return model
+
+
+from_pretrained = load_model  # the Hugging Face style name: a folder or a Hub repo id
 
 
 def _merge(*layers: dict) -> dict:
