@@ -160,3 +160,12 @@ def read_frames_dali(path: str | os.PathLike, indices, device: int | None = None
     pipeline.feed_input("frames", [np.asarray(indices, dtype=np.int32).reshape(-1)])
     (output,) = pipeline.run()
     return torch.from_dlpack(output[0]).clone()  # the pipeline and its buffers go away
+
+
+def exit_code(main, *args) -> int:
+    """What a CLI ``main(argv)`` exits with: its return value, or the code of the ``SystemExit``
+    it raises for a user error (:mod:`vita_clip.cli`)."""
+    try:
+        return main(*args)
+    except SystemExit as exit_:
+        return exit_.code

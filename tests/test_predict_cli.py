@@ -8,6 +8,7 @@ import json
 import pytest
 from helpers_inference import save_tiny_checkpoint, write_video
 
+from helpers import exit_code
 from vita_clip.inference import expand_video_paths, predict
 from vita_clip.predict import main as predict_main
 
@@ -69,11 +70,11 @@ def test_folder_to_csv_with_a_broken_file_then_resume(folder, checkpoint, tmp_pa
     assert "2 videos predicted" in err
 
     # --on-error raise stops at the broken file, naming it, and keeps the rows written before it
-    assert predict_main(args + ["--on-error", "raise"]) == 2
+    assert exit_code(predict_main, args + ["--on-error", "raise"]) == 2
     assert "broken.webm" in capsys.readouterr().err and len(read_rows(out)) == 6
 
     # other settings than the file's: refused, not mixed
-    assert predict_main(args[:-4] + ["--topk", "2", "--views", "2x1"]) == 2
+    assert exit_code(predict_main, args[:-4] + ["--topk", "2", "--views", "2x1"]) == 2
     assert "topk differ" in capsys.readouterr().err
 
 
@@ -93,12 +94,12 @@ def test_nothing_readable_fails_once(tmp_path, capsys):
     bad.mkdir()
     for i in range(3):
         (bad / f"bad{i}.mp4").write_bytes(b"\x00" * 64)
-    assert predict_main([str(bad), "--model", "vifi-clip-tiny", "--classes", "a,b", "--workers", "0"]) == 2
+    assert exit_code(predict_main, [str(bad), "--model", "vifi-clip-tiny", "--classes", "a,b", "--workers", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "no other video could be read: 3 of 3 skipped" in err
-    assert predict_main([str(tmp_path / "none*.mp4"), "--model", "vifi-clip-tiny", "--classes", "a,b"]) == 2
+    assert exit_code(predict_main, [str(tmp_path / "none*.mp4"), "--model", "vifi-clip-tiny", "--classes", "a,b"]) == 2
     assert "the pattern matches no file" in capsys.readouterr().err
-    assert predict_main([str(bad / "bad0.mp4"), "--model", "vifi-clip-tiny"]) == 2
+    assert exit_code(predict_main, [str(bad / "bad0.mp4"), "--model", "vifi-clip-tiny"]) == 2
     assert "give --classes" in capsys.readouterr().err
 
 

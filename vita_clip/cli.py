@@ -32,6 +32,9 @@ def one_line(err: BaseException) -> str:
     """The error's message on one line (multi-line listings joined with ``; ``)."""
     text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else str(err)
     parts = [part.strip() for part in str(text).splitlines() if part.strip()]
+    if "Original Traceback (most recent call last):" in parts:
+        # re-raised from a DataLoader worker: the worker's own last line is the message
+        parts = [parts[-1].split(": ", 1)[-1]]
     return "; ".join(parts) or type(err).__name__
 
 
