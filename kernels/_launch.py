@@ -21,3 +21,23 @@ def interpreting() -> bool:
 def device_of(t: Tensor):
     """Triton launches on the current CUDA device: make it ``t``'s."""
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def fp32_dot_precision() -> str:
+    """``tl.dot`` input precision for float32 operands: TF32 when torch's CUDA matmuls may use it
+    (``torch.backends.cuda.matmul.fp32_precision = "tf32"``, or the legacy ``allow_tf32`` /
+    ``set_float32_matmul_precision("high")``, which set it), IEEE float32 otherwise."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    if precision is None:  # torch without the per-backend API
+        return "tf32" if matmul.allow_tf32 else "ieee"
+    if precision == "none":  # inherits the global setting
+        precision = getattr(torch.backends, "fp32_precision", "none")
+    return "tf32" if precision == "tf32" else "ieee"
+
+
+def upcast_loads(dtype: torch.dtype) -> bool:
+    """Whether kernels convert 16-bit tiles to float32 right after loading them before any
+    arithmetic: only for bfloat16 in the interpreter, whose bfloat16 arithmetic is wrong (numpy
+    has no bfloat16). On a GPU, 16-bit tiles feed the tensor cores as they are."""
+    return dtype == torch.bfloat16 and interpreting()
