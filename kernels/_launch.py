@@ -18,6 +18,37 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
 
+# (kernel, grid, args, kwargs) of every launch while record_launches() is active, else None
+_recorded: list | None = None
+
+
+def launch(kernel, grid, *args, **kwargs) -> None:
+    """Every launcher's kernel launch goes through here, so that :func:`record_launches` can see
+    the exact arguments and specialisation (constexprs, num_warps, ...) a launch would use."""
+    if _recorded is not None:
+        _recorded.append((kernel, grid, args, kwargs))
+    else:
+        kernel[grid](*args, **kwargs)
+
+
+@contextlib.contextmanager
+def record_launches():
+    """Within the block the launchers record their launches (a list, yielded) instead of running
+    them, and take CPU tensors standing in for CUDA ones: what ``_aot`` compiles ahead of time.
+    The launchers' outputs are then left unwritten."""
+    global _recorded
+    previous, _recorded = _recorded, []
+    try:
+        yield _recorded
+    finally:
+        _recorded = previous
+
+
+def accepts(device: torch.device) -> bool:
+    """Whether the Triton launchers take tensors on ``device``."""
+    return device.type == "cuda" or interpreting() or _recorded is not None
+
+
 def device_of(t: Tensor):
     """Triton launches on the current CUDA device: make it ``t``'s."""
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()

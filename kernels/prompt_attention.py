@@ -502,7 +502,7 @@ def _check_launch(tensors: dict) -> None:
             continue
         if t.dtype != q.dtype or t.device != q.device:
             raise ValueError(f"prompt_attention: {name} is {t.dtype} on {t.device}, q is {q.dtype} on {q.device}")
-    if q.device.type != "cuda" and not _launch.interpreting():
+    if not _launch.accepts(q.device):
         raise ValueError(f"prompt_attention: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), "
                          f"q is on {q.device}")
     if q.shape[-1] > 128:
@@ -571,8 +571,8 @@ def prompt_attention_forward(q: Tensor, k: Tensor, v: Tensor, k_local: Tensor | 
     config = _launch_config(q, sizes["n_local"], sizes["n_global"])
     grid = (frames * heads, triton.cdiv(tokens, config["BLOCK_M"]))
     with _launch.device_of(q):
-        _prompt_attention_fwd_kernel[grid](*ptrs, out, lse, *strides, heads, tokens, dim,
-                                           sm_scale=1.0 / math.sqrt(dim), **sizes, **config)
+        _launch.launch(_prompt_attention_fwd_kernel, grid, *ptrs, out, lse, *strides, heads, tokens, dim,
+                       sm_scale=1.0 / math.sqrt(dim), **sizes, **config)
     return out, lse
 
 
@@ -612,13 +612,12 @@ def prompt_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
     sm_scale = 1.0 / math.sqrt(dim)
     with _launch.device_of(q):
         grid = (frames * heads, triton.cdiv(tokens, config["BLOCK_M"]))
-        _prompt_attention_bwd_dq_kernel[grid](*ptrs, out, grad_out, lse, delta, dq, *strides, *out.stride(),
-                                              *grad_out.stride(), heads, tokens, dim, sm_scale=sm_scale, **sizes,
-                                              **config)
+        _launch.launch(_prompt_attention_bwd_dq_kernel, grid, *ptrs, out, grad_out, lse, delta, dq, *strides,
+                       *out.stride(), *grad_out.stride(), heads, tokens, dim, sm_scale=sm_scale, **sizes, **config)
         grid = (frames * heads, triton.cdiv(tokens, config["BLOCK_N"]) + 3)
-        _prompt_attention_bwd_dkdv_kernel[grid](*ptrs, grad_out, lse, delta, dk, dv, dkl_part, dvl_part, dkg_part,
-                                                dvg_part, dks, dvs, *strides, *grad_out.stride(), heads, tokens, dim,
-                                                sm_scale=sm_scale, **sizes, **config)
+        _launch.launch(_prompt_attention_bwd_dkdv_kernel, grid, *ptrs, grad_out, lse, delta, dk, dv, dkl_part,
+                       dvl_part, dkg_part, dvg_part, dks, dvs, *strides, *grad_out.stride(), heads, tokens, dim,
+                       sm_scale=sm_scale, **sizes, **config)
     grads = [dq, dk, dv, None, None, None, None, None, None]
     if k_local is not None:
         videos = k_local.shape[0]

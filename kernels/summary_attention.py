@@ -33,7 +33,8 @@ Triton kernels (what is fused, where it comes from, limits):
   in its own dtype and compute in float32; float32 dots use TF32 when torch's CUDA matmuls may
   (``torch.backends.cuda.matmul.fp32_precision``), IEEE float32 otherwise; 16-bit ``c`` uses
   TF32. The CPU composite follows the same rule with torch ops (see :func:`_composite`).
-* limits: T <= 64 frames (padded to >= 16, tl.dot's smallest tile), head dim <= 256; any
+* limits: T <= 64 frames (padded to >= 16, tl.dot's smallest tile), head dim <= 256, padded
+  T x head dim <= 64 x 128 (larger tiles need more shared memory than an sm_90 CTA has); any
   width. Only B programs run in parallel: meant for the small per-layer summary branch
   (D <= 1024), not as a general attention kernel.
 """
@@ -417,6 +418,7 @@ if triton is not None:
 # -- launchers ---------------------------------------------------------------------------------
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_FRAME_HEAD_TILE = 64 * 128
 
 
 def _check_launch(c: Tensor, weights: tuple[Tensor, ...], heads: int) -> None:
@@ -430,13 +432,17 @@ def _check_launch(c: Tensor, weights: tuple[Tensor, ...], heads: int) -> None:
         if w.dtype not in _KERNEL_DTYPES:
             raise ValueError(f"summary_attention: {name} is {w.dtype}: the Triton kernels take float16, bfloat16 "
                              f"or float32 parameters")
-    if c.device.type != "cuda" and not _launch.interpreting():
+    if not _launch.accepts(c.device):
         raise ValueError(f"summary_attention: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), "
                          f"c is on {c.device}")
     _, frames, width = c.shape
-    if frames > 64 or width // heads > 256:
-        raise ValueError(f"summary_attention: the Triton kernels take at most 64 frames and 256 dims per head, "
-                         f"c is {tuple(c.shape)} with heads={heads}")
+    padded = max(16, triton.next_power_of_2(frames)) * max(16, triton.next_power_of_2(width // heads))
+    if frames > 64 or width // heads > 256 or padded > MAX_FRAME_HEAD_TILE:
+        # the (frames x head dim) float32 tiles live in shared memory: larger ones exceed an sm_90
+        # CTA's 227 KB (checked by compiling ahead of time, tests/test_kernels_aot.py)
+        raise ValueError(f"summary_attention: the Triton kernels take at most 64 frames, 256 dims per head and "
+                         f"(frames x head dim, each padded to a power of two >= 16) <= {MAX_FRAME_HEAD_TILE} "
+                         f"(e.g. 64 x 128 or 32 x 256), c is {tuple(c.shape)} with heads={heads}")
 
 
 def _launch_config(c: Tensor, heads: int) -> dict:
@@ -467,9 +473,8 @@ def summary_attention_forward(c: Tensor, ln_weight: Tensor, ln_bias: Tensor, q_w
     mixed = _launch.empty((videos * frames, width), torch.float32, c.device)
     head_dim = width // heads
     with _launch.device_of(c):
-        _summary_attention_fwd_kernel[(videos,)](c, *(w.contiguous() for w in weights), mixed, out, *c.stride(),
-                                                 frames, width, heads, head_dim, eps, head_dim ** -0.5,
-                                                 **_launch_config(c, heads))
+        _launch.launch(_summary_attention_fwd_kernel, (videos,), c, *(w.contiguous() for w in weights), mixed, out,
+                       *c.stride(), frames, width, heads, head_dim, eps, head_dim ** -0.5, **_launch_config(c, heads))
     return out
 
 
@@ -503,16 +508,16 @@ def summary_attention_backward(grad: Tensor, c: Tensor, ln_weight: Tensor, ln_bi
     config = _launch_config(c, heads)
     tile = 64
     with _launch.device_of(c):
-        _summary_attention_bwd_attn_kernel[(videos,)](c, grad, lnw, lnb, wq, bq, wk, bk, wv, bv, wo, acts, grads,
-                                                      stats, *c.stride(), *grad.stride(), frames, width, heads,
-                                                      head_dim, eps, head_dim ** -0.5, **config)
-        _summary_attention_bwd_ln_kernel[(videos,)](grad, lnw, wq, wk, wv, acts, grads, stats, dc, *grad.stride(),
-                                                    frames, width, BLOCK_T=config["BLOCK_T"], BLOCK_K=config["BLOCK_K"],
-                                                    PRECISION=config["PRECISION"], num_warps=config["num_warps"])
+        _launch.launch(_summary_attention_bwd_attn_kernel, (videos,), c, grad, lnw, lnb, wq, bq, wk, bk, wv, bv, wo,
+                       acts, grads, stats, *c.stride(), *grad.stride(), frames, width, heads, head_dim, eps,
+                       head_dim ** -0.5, **config)
+        _launch.launch(_summary_attention_bwd_ln_kernel, (videos,), grad, lnw, wq, wk, wv, acts, grads, stats, dc,
+                       *grad.stride(), frames, width, BLOCK_T=config["BLOCK_T"], BLOCK_K=config["BLOCK_K"],
+                       PRECISION=config["PRECISION"], num_warps=config["num_warps"])
         grid = (triton.cdiv(width, tile), triton.cdiv(width, tile), 5)
-        _summary_attention_bwd_weights_kernel[grid](acts, grads, dwo, dbo, dwq, dbq, dwk, dbk, dwv, dbv, dlnw, dlnb,
-                                                    rows, width, BLOCK_M=tile, BLOCK_N=tile, BLOCK_R=32,
-                                                    PRECISION=config["PRECISION"], num_warps=4)
+        _launch.launch(_summary_attention_bwd_weights_kernel, grid, acts, grads, dwo, dbo, dwq, dbq, dwk, dbk, dwv,
+                       dbv, dlnw, dlnb, rows, width, BLOCK_M=tile, BLOCK_N=tile, BLOCK_R=32,
+                       PRECISION=config["PRECISION"], num_warps=4)
     return [dc, dlnw, dlnb, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo]
 
 
