@@ -207,6 +207,14 @@ def test_fused_model_under_autocast(tiny_classes, dtype, frames):
     assert rel(ours, ref) <= bound(rel(theirs, ref), dtype)
     assert our_grads.keys() == ref_grads.keys()
     floor = 1e-3 * max(g.norm().item() for g in ref_grads.values())
+    # torch's error on one small parameter is itself a noisy sample (the summary k bias has an
+    # exactly-zero true gradient: pure cancellation noise): each parameter is held to twice the
+    # larger of torch's error on it and torch's error over all gradients together
+    pooled = rel(torch.cat([g.flatten() for g in their_grads.values()]),
+                 torch.cat([g.flatten() for g in ref_grads.values()]))
+    assert rel(torch.cat([g.flatten() for g in our_grads.values()]),
+               torch.cat([g.flatten() for g in ref_grads.values()])) <= bound(pooled, dtype)
     for name, g in our_grads.items():
         assert g.dtype == torch.float32, name
-        assert rel(g, ref_grads[name], floor) <= bound(rel(their_grads[name], ref_grads[name], floor), dtype), name
+        torch_err = max(rel(their_grads[name], ref_grads[name], floor), pooled)
+        assert rel(g, ref_grads[name], floor) <= bound(torch_err, dtype), name
