@@ -46,10 +46,11 @@ def inputs_of(videos, frames, tokens, heads, head_dim, local, n_global, summary,
         return torch.randn(*shape, generator=g).to(BF16)
 
     f = videos * frames
-    return [r(f, heads, tokens, head_dim), r(f, heads, tokens, head_dim), r(f, heads, tokens, head_dim),
-            r(videos, heads, frames, head_dim) if local else None, r(videos, heads, frames, head_dim) if local else None,
-            r(heads, n_global, head_dim) if n_global else None, r(heads, n_global, head_dim) if n_global else None,
-            r(f, heads, head_dim) if summary else None, r(f, heads, head_dim) if summary else None]
+    own = [r(f, heads, tokens, head_dim) for _ in range(3)]
+    local_kv = [r(videos, heads, frames, head_dim) if local else None for _ in range(2)]
+    global_kv = [r(heads, n_global, head_dim) if n_global else None for _ in range(2)]
+    summary_kv = [r(f, heads, head_dim) if summary else None for _ in range(2)]
+    return own + local_kv + global_kv + summary_kv
 
 
 SHAPES = [  # (videos, frames, tokens, heads, head_dim, local, n_global, summary)
