@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import record, report_ratio
+from recording import record, report_ratio
 from vita_clip import create_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -72,7 +72,7 @@ def test_attention_vs_sdpa(once, tokens):
         for name, fn in (("prompt-attention", ours), ("sdpa-concat", sdpa)):
             with torch.no_grad():
                 results[(name, "forward")] = cuda_times(fn)
-            results[(name, "forward+backward")] = cuda_times(lambda: fn().backward(grad))
+            results[(name, "forward+backward")] = cuda_times(lambda fn=fn: fn().backward(grad))
 
     once(group, run)
     for (name, metric), values in results.items():
@@ -139,7 +139,7 @@ def test_training_step_b16(once, batch):
             trainable = [p for p in model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(trainable, lr=1e-5)
 
-            def step():
+            def step(model=model, optimizer=optimizer):
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast("cuda", dtype=DTYPE):
                     loss = F.cross_entropy(model(video).float(), labels)
@@ -147,7 +147,7 @@ def test_training_step_b16(once, batch):
                 optimizer.step()
 
             results[kind] = cuda_times(step, rounds=5, warmup=2)
-            del model, optimizer
+            model = optimizer = step = None  # free the model before the next one is built
             torch.cuda.empty_cache()
 
     once(group, run)

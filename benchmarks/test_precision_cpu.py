@@ -18,7 +18,7 @@ import time
 import pytest
 import torch
 
-from conftest import add_section, record, report_ratio
+from recording import add_section, record, report_ratio
 from vita_clip import create_model, kernels
 from vita_clip.kernels import _cpu_extension
 

@@ -16,7 +16,7 @@ from open_clip.transformer import LayerNorm
 from vita_clip import create_model
 from vita_clip.kernels import prompt_attention as pa
 from vita_clip.kernels import summary_attention as sa
-from vita_clip.vision import SummaryAttention
+from vita_clip.models.vita_vision import SummaryAttention
 
 NAMES = ("q", "k", "v", "k_local", "v_local", "k_global", "v_global", "k_summary", "v_summary")
 DTYPES = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16")]

@@ -20,7 +20,7 @@ from open_clip.transformer import LayerNorm
 from vita_clip.kernels import _launch
 from vita_clip.kernels import prompt_attention as pa
 from vita_clip.kernels import summary_attention as sa
-from vita_clip.vision import SummaryAttention
+from vita_clip.models.vita_vision import SummaryAttention
 
 NAMES = ("q", "k", "v", "k_local", "v_local", "k_global", "v_global", "k_summary", "v_summary")
 needs_triton = pytest.mark.skipif(pa.triton is None, reason="triton is not installed")
