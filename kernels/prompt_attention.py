@@ -14,7 +14,7 @@ and each frame attends to keys/values coming from four sources:
 shape (F, H, L, d), plus the log-sum-exp of the scores (F, H, L, float32) for the backward.
 Any of the three prompt sources may be ``None``.
 
-Implementations: on CPU the C++ kernel of ``csrc/prompt_attention.cpp`` (float32/float64; the
+Implementations: on CPU the C++ kernel of ``csrc/prompt_attention.cpp`` (float32/float64/bfloat16; the
 same split-source online softmax, built as an optional extension, see ``_cpu_extension``) or
 the composite below (per-frame K/V concatenation + torch's flash attention for CPU, whose
 backward gives the gradients that are then reduced over the frames sharing a source), chosen
@@ -37,11 +37,18 @@ Triton kernels (what is fused, where it comes from, limits):
   frames: every frame writes its float32 partial into a (F, H, n, d) buffer that torch sums
   over the frames of a video (local) or over all frames (global). No atomics, so results are
   deterministic and the fp16/bf16 reductions happen in float32.
-* limits: q/k/v/prompts in float16, bfloat16 or float32 (float64 falls back to the composite),
-  head dim <= 128 (16/32/64/128 are exact tiles, others are padded), any token and prompt
-  count. float32 dots use ``input_precision="ieee"`` (no TF32) so they match the reference
-  to ~1e-6; 16-bit dots accumulate in float32 like FlashAttention. Block sizes come from a
-  fixed heuristic (no autotuning).
+* limits: q/k/v/prompts in float16, bfloat16 or float32, one dtype (float64 falls back to the
+  composite), head dim <= 128 (16/32/64/128 are exact tiles, others are padded), any token and
+  prompt count. float32 dots use TF32 when torch's CUDA matmuls may
+  (``torch.backends.cuda.matmul.fp32_precision = "tf32"``, or the legacy flags), IEEE float32
+  otherwise (then they match the reference to ~1e-6); 16-bit dots feed the tensor cores and
+  accumulate in float32 like FlashAttention; the softmax statistics are float32 throughout. In
+  Triton's interpreter bfloat16 tiles are upcast to float32 right after loading (``UPCAST``:
+  the interpreter's bfloat16 arithmetic is wrong). Block sizes come from a fixed heuristic (no
+  autotuning). Every specialisation the launchers pick for ViT-B/16 and ViT-L/14 is compiled for
+  sm_90 in CI (``_aot``, tests/kernels/test_kernels_aot.py).
+* mixed precision: under autocast the op casts its inputs to the autocast dtype (see
+  ``_register_autocast``); outside autocast the inputs must share one dtype.
 """
 from __future__ import annotations
 
