@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install lint
+.PHONY: demo test bench install lint gpu-check
 
 install: $(STAMP)
 
@@ -35,3 +35,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]" --no-build-isolation
 	$(BIN)/python -m pytest benchmarks/ --benchmark-only
+
+# Every CUDA test and the GPU benchmarks, one report (benchmarks/results/gpu_check.md); about 8
+# minutes on an H100. Without a CUDA device it says so and exits 0.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py

@@ -8,7 +8,7 @@ and a C++ compiler are there at install time; importing it registers
 * ``set_cpu_backend("cpp" | "composite")``, or before the first call the environment variable
   ``VITA_CLIP_CPU_KERNEL`` (``set_cpu_backend`` wins);
 * default ``"cpp"`` (faster than the composite at ViT-B/16 shapes, see ``csrc/README.md``);
-* ``"cpp"`` covers float32 and float64; other dtypes always take the composite;
+* ``"cpp"`` covers float32, float64 and bfloat16 (computed in float32); float16 takes the composite;
 * if ``"cpp"`` is selected but the extension is missing (not built, or fails to import) the
   composite runs instead, after one warning.
 """
@@ -24,7 +24,7 @@ ENV = "VITA_CLIP_CPU_KERNEL"
 BACKENDS = ("cpp", "composite")
 DEFAULT_BACKEND = "cpp"
 MODULE = "vita_clip.kernels._prompt_attention_cpu"
-DTYPES = (torch.float32, torch.float64)
+DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 _backend: str | None = None  # set_cpu_backend's choice (None: the environment or the default)
 _loaded: bool | None = None  # None: not tried yet

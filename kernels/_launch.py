@@ -18,6 +18,57 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
 
+# (kernel, grid, args, kwargs) of every launch while record_launches() is active, else None
+_recorded: list | None = None
+
+
+def launch(kernel, grid, *args, **kwargs) -> None:
+    """Every launcher's kernel launch goes through here, so that :func:`record_launches` can see
+    the exact arguments and specialisation (constexprs, num_warps, ...) a launch would use."""
+    if _recorded is not None:
+        _recorded.append((kernel, grid, args, kwargs))
+    else:
+        kernel[grid](*args, **kwargs)
+
+
+@contextlib.contextmanager
+def record_launches():
+    """Within the block the launchers record their launches (a list, yielded) instead of running
+    them, and take CPU tensors standing in for CUDA ones: what ``_aot`` compiles ahead of time.
+    The launchers' outputs are then left unwritten."""
+    global _recorded
+    previous, _recorded = _recorded, []
+    try:
+        yield _recorded
+    finally:
+        _recorded = previous
+
+
+def accepts(device: torch.device) -> bool:
+    """Whether the Triton launchers take tensors on ``device``."""
+    return device.type == "cuda" or interpreting() or _recorded is not None
+
+
 def device_of(t: Tensor):
     """Triton launches on the current CUDA device: make it ``t``'s."""
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def fp32_dot_precision() -> str:
+    """``tl.dot`` input precision for float32 operands: TF32 when torch's CUDA matmuls may use it
+    (``torch.backends.cuda.matmul.fp32_precision = "tf32"``, or the legacy ``allow_tf32`` /
+    ``set_float32_matmul_precision("high")``, which set it), IEEE float32 otherwise."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    if precision is None:  # torch without the per-backend API
+        return "tf32" if matmul.allow_tf32 else "ieee"
+    if precision == "none":  # inherits the global setting
+        precision = getattr(torch.backends, "fp32_precision", "none")
+    return "tf32" if precision == "tf32" else "ieee"
+
+
+def upcast_loads(dtype: torch.dtype) -> bool:
+    """Whether kernels convert 16-bit tiles to float32 right after loading them before any
+    arithmetic: only for bfloat16 in the interpreter, whose bfloat16 arithmetic is wrong (numpy
+    has no bfloat16). On a GPU, 16-bit tiles feed the tensor cores as they are."""
+    return dtype == torch.bfloat16 and interpreting()

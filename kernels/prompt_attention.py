@@ -14,7 +14,7 @@ and each frame attends to keys/values coming from four sources:
 shape (F, H, L, d), plus the log-sum-exp of the scores (F, H, L, float32) for the backward.
 Any of the three prompt sources may be ``None``.
 
-Implementations: on CPU the C++ kernel of ``csrc/prompt_attention.cpp`` (float32/float64; the
+Implementations: on CPU the C++ kernel of ``csrc/prompt_attention.cpp`` (float32/float64/bfloat16; the
 same split-source online softmax, built as an optional extension, see ``_cpu_extension``) or
 the composite below (per-frame K/V concatenation + torch's flash attention for CPU, whose
 backward gives the gradients that are then reduced over the frames sharing a source), chosen
@@ -37,11 +37,18 @@ Triton kernels (what is fused, where it comes from, limits):
   frames: every frame writes its float32 partial into a (F, H, n, d) buffer that torch sums
   over the frames of a video (local) or over all frames (global). No atomics, so results are
   deterministic and the fp16/bf16 reductions happen in float32.
-* limits: q/k/v/prompts in float16, bfloat16 or float32 (float64 falls back to the composite),
-  head dim <= 128 (16/32/64/128 are exact tiles, others are padded), any token and prompt
-  count. float32 dots use ``input_precision="ieee"`` (no TF32) so they match the reference
-  to ~1e-6; 16-bit dots accumulate in float32 like FlashAttention. Block sizes come from a
-  fixed heuristic (no autotuning).
+* limits: q/k/v/prompts in float16, bfloat16 or float32, one dtype (float64 falls back to the
+  composite), head dim <= 128 (16/32/64/128 are exact tiles, others are padded), any token and
+  prompt count. float32 dots use TF32 when torch's CUDA matmuls may
+  (``torch.backends.cuda.matmul.fp32_precision = "tf32"``, or the legacy flags), IEEE float32
+  otherwise (then they match the reference to ~1e-6); 16-bit dots feed the tensor cores and
+  accumulate in float32 like FlashAttention; the softmax statistics are float32 throughout. In
+  Triton's interpreter bfloat16 tiles are upcast to float32 right after loading (``UPCAST``:
+  the interpreter's bfloat16 arithmetic is wrong). Block sizes come from a fixed heuristic (no
+  autotuning). Every specialisation the launchers pick for ViT-B/16 and ViT-L/14 is compiled for
+  sm_90 in CI (``_aot``, tests/kernels/test_kernels_aot.py).
+* mixed precision: under autocast the op casts its inputs to the autocast dtype (see
+  ``_register_autocast``); outside autocast the inputs must share one dtype.
 """
 from __future__ import annotations
 
@@ -192,7 +199,7 @@ if triton is not None:
 
     @triton.jit
     def _fwd_source(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd, n_keys, qk_scale,
-                    offs_d, d_mask, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                    offs_d, d_mask, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         """Online-softmax update of ``(acc, m_i, l_i)`` with the ``n_keys`` keys/values of one source.
 
         k_base, v_base: (n_keys, d) rows of one (frame or video, head); q: (BLOCK_M, BLOCK_D) tile.
@@ -203,6 +210,9 @@ if triton is not None:
             kv_mask = n_mask[:, None] & d_mask[None, :]
             k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
             v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+            if UPCAST:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
             s = tl.where(n_mask[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every tile holds at least one key
@@ -233,7 +243,7 @@ if triton is not None:
         H, L, D, frames_per_video, n_local, n_global, sm_scale,
         HAS_LOCAL: tl.constexpr, HAS_GLOBAL: tl.constexpr, HAS_SUMMARY: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
-        PRECISION: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):
         """Grid (F * H, cdiv(L, BLOCK_M)): one (frame, head) and BLOCK_M of its queries per program."""
         pid_fh = tl.program_id(0).to(tl.int64)
@@ -247,19 +257,21 @@ if triton is not None:
         md_mask = m_mask[:, None] & d_mask[None, :]
         q = tl.load(q_ptr + f * sq_f + h * sq_h + offs_m[:, None] * sq_l + offs_d[None, :] * sq_d, mask=md_mask,
                     other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         acc, m_i, l_i = _fwd_source(acc, m_i, l_i, q, k_ptr + f * sk_f + h * sk_h, v_ptr + f * sv_f + h * sv_h,
-                                    sk_l, sk_d, sv_l, sv_d, L, qk_scale, offs_d, d_mask, BLOCK_N, PRECISION)
+                                    sk_l, sk_d, sv_l, sv_d, L, qk_scale, offs_d, d_mask, BLOCK_N, PRECISION, UPCAST)
         if HAS_LOCAL:
             b = f // frames_per_video
             acc, m_i, l_i = _fwd_source(acc, m_i, l_i, q, kl_ptr + b * skl_b + h * skl_h,
                                         vl_ptr + b * svl_b + h * svl_h, skl_n, skl_d, svl_n, svl_d, n_local,
-                                        qk_scale, offs_d, d_mask, BLOCK_P, PRECISION)
+                                        qk_scale, offs_d, d_mask, BLOCK_P, PRECISION, UPCAST)
         if HAS_GLOBAL:
             acc, m_i, l_i = _fwd_source(acc, m_i, l_i, q, kg_ptr + h * skg_h, vg_ptr + h * svg_h, skg_n, skg_d,
-                                        svg_n, svg_d, n_global, qk_scale, offs_d, d_mask, BLOCK_P, PRECISION)
+                                        svg_n, svg_d, n_global, qk_scale, offs_d, d_mask, BLOCK_P, PRECISION, UPCAST)
         if HAS_SUMMARY:  # one key: a row-wise dot product rather than a padded tl.dot
             ks = tl.load(ks_ptr + f * sks_f + h * sks_h + offs_d * sks_d, mask=d_mask, other=0.0).to(tl.float32)
             vs = tl.load(vs_ptr + f * svs_f + h * svs_h + offs_d * svs_d, mask=d_mask, other=0.0).to(tl.float32)
@@ -277,7 +289,7 @@ if triton is not None:
 
     @triton.jit
     def _dq_source(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd, n_keys,
-                   qk_scale, offs_d, d_mask, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                   qk_scale, offs_d, d_mask, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         """``dq += dS K`` (without the softmax scale) over the ``n_keys`` keys/values of one source."""
         for start in range(0, n_keys, BLOCK_N):
             offs_n = start + tl.arange(0, BLOCK_N)
@@ -285,6 +297,9 @@ if triton is not None:
             kv_mask = n_mask[:, None] & d_mask[None, :]
             k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
             v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+            if UPCAST:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
             p = tl.where(n_mask[None, :], tl.exp2(s - lse2[:, None]), 0.0)
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
@@ -311,7 +326,7 @@ if triton is not None:
         H, L, D, frames_per_video, n_local, n_global, sm_scale,
         HAS_LOCAL: tl.constexpr, HAS_GLOBAL: tl.constexpr, HAS_SUMMARY: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
-        PRECISION: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):
         """Grid (F * H, cdiv(L, BLOCK_M)): dq and delta of one (frame, head) and BLOCK_M queries."""
         pid_fh = tl.program_id(0).to(tl.int64)
@@ -329,20 +344,23 @@ if triton is not None:
                      mask=md_mask, other=0.0)
         o = tl.load(out_ptr + f * so_f + h * so_h + offs_m[:, None] * so_l + offs_d[None, :] * so_d, mask=md_mask,
                     other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
+            do = do.to(tl.float32)
         row = pid_fh * L + offs_m
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
         tl.store(delta_ptr + row, delta, mask=m_mask)
         lse2 = tl.load(lse_ptr + row, mask=m_mask, other=0.0) * 1.4426950408889634
         dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         dq = _dq_source(dq, q, do, lse2, delta, k_ptr + f * sk_f + h * sk_h, v_ptr + f * sv_f + h * sv_h,
-                        sk_l, sk_d, sv_l, sv_d, L, qk_scale, offs_d, d_mask, BLOCK_N, PRECISION)
+                        sk_l, sk_d, sv_l, sv_d, L, qk_scale, offs_d, d_mask, BLOCK_N, PRECISION, UPCAST)
         if HAS_LOCAL:
             b = f // frames_per_video
             dq = _dq_source(dq, q, do, lse2, delta, kl_ptr + b * skl_b + h * skl_h, vl_ptr + b * svl_b + h * svl_h,
-                            skl_n, skl_d, svl_n, svl_d, n_local, qk_scale, offs_d, d_mask, BLOCK_P, PRECISION)
+                            skl_n, skl_d, svl_n, svl_d, n_local, qk_scale, offs_d, d_mask, BLOCK_P, PRECISION, UPCAST)
         if HAS_GLOBAL:
             dq = _dq_source(dq, q, do, lse2, delta, kg_ptr + h * skg_h, vg_ptr + h * svg_h, skg_n, skg_d,
-                            svg_n, svg_d, n_global, qk_scale, offs_d, d_mask, BLOCK_P, PRECISION)
+                            svg_n, svg_d, n_global, qk_scale, offs_d, d_mask, BLOCK_P, PRECISION, UPCAST)
         if HAS_SUMMARY:
             ks = tl.load(ks_ptr + f * sks_f + h * sks_h + offs_d * sks_d, mask=d_mask, other=0.0).to(tl.float32)
             vs = tl.load(vs_ptr + f * svs_f + h * svs_h + offs_d * svs_d, mask=d_mask, other=0.0).to(tl.float32)
@@ -358,7 +376,8 @@ if triton is not None:
                      q_base, do_base, sq_l, sq_d, sdo_l, sdo_d,  # (L, d) queries and output gradients
                      lse_base, delta_base,  # (L,) contiguous float32
                      L, D, sm_scale, offs_d, d_mask, key_start, key_stop,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+                     UPCAST: tl.constexpr):
         """dk, dv of keys ``key_start..key_stop`` (tiles of BLOCK_N, ``< n_keys``) of one source and
         (frame, head), each accumulated over the frame's L queries in float32."""
         qk_scale = sm_scale * 1.4426950408889634
@@ -368,6 +387,9 @@ if triton is not None:
             kv_mask = n_mask[:, None] & d_mask[None, :]
             k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
             v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+            if UPCAST:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
             dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
             dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
             for start_m in range(0, L, BLOCK_M):
@@ -376,6 +398,9 @@ if triton is not None:
                 md_mask = m_mask[:, None] & d_mask[None, :]
                 q = tl.load(q_base + offs_m[:, None] * sq_l + offs_d[None, :] * sq_d, mask=md_mask, other=0.0)
                 do = tl.load(do_base + offs_m[:, None] * sdo_l + offs_d[None, :] * sdo_d, mask=md_mask, other=0.0)
+                if UPCAST:
+                    q = q.to(tl.float32)
+                    do = do.to(tl.float32)
                 lse2 = tl.load(lse_base + offs_m, mask=m_mask, other=0.0) * 1.4426950408889634
                 delta = tl.load(delta_base + offs_m, mask=m_mask, other=0.0)
                 st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale  # S^T: (BLOCK_N, BLOCK_M)
@@ -408,7 +433,7 @@ if triton is not None:
         H, L, D, frames_per_video, n_local, n_global, sm_scale,
         HAS_LOCAL: tl.constexpr, HAS_GLOBAL: tl.constexpr, HAS_SUMMARY: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
-        PRECISION: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):
         """Grid (F * H, cdiv(L, BLOCK_N) + 3): per (frame, head), programs ``j < cdiv(L, BLOCK_N)`` own
         one tile of its own keys; the next three its local prompts, the global prompts, its summary key."""
@@ -427,20 +452,20 @@ if triton is not None:
             _dkdv_source(k_ptr + f * sk_f + h * sk_h, v_ptr + f * sv_f + h * sv_h, sk_l, sk_d, sv_l, sv_d, L,
                          dk_ptr + pid_fh * L * D, dv_ptr + pid_fh * L * D, q_base, do_base, sq_l, sq_d, sdo_l, sdo_d,
                          lse_base, delta_base, L, D, sm_scale, offs_d, d_mask, j * BLOCK_N, j * BLOCK_N + 1,
-                         BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)
+                         BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, UPCAST)
         elif j == n_tiles:
             if HAS_LOCAL:
                 b = f // frames_per_video
                 _dkdv_source(kl_ptr + b * skl_b + h * skl_h, vl_ptr + b * svl_b + h * svl_h, skl_n, skl_d, svl_n,
                              svl_d, n_local, dkl_ptr + pid_fh * n_local * D, dvl_ptr + pid_fh * n_local * D, q_base,
                              do_base, sq_l, sq_d, sdo_l, sdo_d, lse_base, delta_base, L, D, sm_scale, offs_d, d_mask,
-                             0, n_local, BLOCK_M, BLOCK_P, BLOCK_D, PRECISION)
+                             0, n_local, BLOCK_M, BLOCK_P, BLOCK_D, PRECISION, UPCAST)
         elif j == n_tiles + 1:
             if HAS_GLOBAL:
                 _dkdv_source(kg_ptr + h * skg_h, vg_ptr + h * svg_h, skg_n, skg_d, svg_n, svg_d, n_global,
                              dkg_ptr + pid_fh * n_global * D, dvg_ptr + pid_fh * n_global * D, q_base, do_base,
                              sq_l, sq_d, sdo_l, sdo_d, lse_base, delta_base, L, D, sm_scale, offs_d, d_mask,
-                             0, n_global, BLOCK_M, BLOCK_P, BLOCK_D, PRECISION)
+                             0, n_global, BLOCK_M, BLOCK_P, BLOCK_D, PRECISION, UPCAST)
         else:
             if HAS_SUMMARY:  # one key: row-wise products instead of padded tl.dots
                 qk_scale = sm_scale * 1.4426950408889634
@@ -484,7 +509,7 @@ def _check_launch(tensors: dict) -> None:
             continue
         if t.dtype != q.dtype or t.device != q.device:
             raise ValueError(f"prompt_attention: {name} is {t.dtype} on {t.device}, q is {q.dtype} on {q.device}")
-    if q.device.type != "cuda" and not _launch.interpreting():
+    if not _launch.accepts(q.device):
         raise ValueError(f"prompt_attention: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), "
                          f"q is on {q.device}")
     if q.shape[-1] > 128:
@@ -509,7 +534,8 @@ def _launch_config(q: Tensor, n_local: int, n_global: int, backward: bool = Fals
     fit = max(16, triton.next_power_of_2(tokens))
     return dict(BLOCK_M=min(block_m, fit), BLOCK_N=min(block_n, fit),
                 BLOCK_P=min(block_n, max(16, triton.next_power_of_2(max(n_local, n_global, 1)))),
-                BLOCK_D=block_d, PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps,
+                BLOCK_D=block_d, PRECISION=_launch.fp32_dot_precision() if q.dtype == torch.float32 else "tf32",
+                UPCAST=_launch.upcast_loads(q.dtype), num_warps=num_warps,
                 num_stages=2 if q.dtype == torch.float32 or backward else 3)
 
 
@@ -552,8 +578,8 @@ def prompt_attention_forward(q: Tensor, k: Tensor, v: Tensor, k_local: Tensor | 
     config = _launch_config(q, sizes["n_local"], sizes["n_global"])
     grid = (frames * heads, triton.cdiv(tokens, config["BLOCK_M"]))
     with _launch.device_of(q):
-        _prompt_attention_fwd_kernel[grid](*ptrs, out, lse, *strides, heads, tokens, dim,
-                                           sm_scale=1.0 / math.sqrt(dim), **sizes, **config)
+        _launch.launch(_prompt_attention_fwd_kernel, grid, *ptrs, out, lse, *strides, heads, tokens, dim,
+                       sm_scale=1.0 / math.sqrt(dim), **sizes, **config)
     return out, lse
 
 
@@ -593,13 +619,12 @@ def prompt_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
     sm_scale = 1.0 / math.sqrt(dim)
     with _launch.device_of(q):
         grid = (frames * heads, triton.cdiv(tokens, config["BLOCK_M"]))
-        _prompt_attention_bwd_dq_kernel[grid](*ptrs, out, grad_out, lse, delta, dq, *strides, *out.stride(),
-                                              *grad_out.stride(), heads, tokens, dim, sm_scale=sm_scale, **sizes,
-                                              **config)
+        _launch.launch(_prompt_attention_bwd_dq_kernel, grid, *ptrs, out, grad_out, lse, delta, dq, *strides,
+                       *out.stride(), *grad_out.stride(), heads, tokens, dim, sm_scale=sm_scale, **sizes, **config)
         grid = (frames * heads, triton.cdiv(tokens, config["BLOCK_N"]) + 3)
-        _prompt_attention_bwd_dkdv_kernel[grid](*ptrs, grad_out, lse, delta, dk, dv, dkl_part, dvl_part, dkg_part,
-                                                dvg_part, dks, dvs, *strides, *grad_out.stride(), heads, tokens, dim,
-                                                sm_scale=sm_scale, **sizes, **config)
+        _launch.launch(_prompt_attention_bwd_dkdv_kernel, grid, *ptrs, grad_out, lse, delta, dk, dv, dkl_part,
+                       dvl_part, dkg_part, dvg_part, dks, dvs, *strides, *grad_out.stride(), heads, tokens, dim,
+                       sm_scale=sm_scale, **sizes, **config)
     grads = [dq, dk, dv, None, None, None, None, None, None]
     if k_local is not None:
         videos = k_local.shape[0]
@@ -714,6 +739,30 @@ def _backward(ctx, grad_out, grad_lse):
 
 
 prompt_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+# Mixed precision: under autocast the op runs in the autocast dtype, like torch's own attention
+# (scaled_dot_product_attention is on autocast's lower-precision list): floating inputs other than
+# float64 are cast to the dtype autocast runs in at the call (torch.library.register_autocast
+# would fix one dtype at registration), which is a no-op for the fused model, whose q/k/v and
+# prompt projections come out of autocast linears; autograd through the casts returns each input's
+# gradient in its own dtype. Outside autocast all inputs must share one dtype (check_inputs).
+_autocast_lib = torch.library.Library("vita_clip", "FRAGMENT")
+
+
+def _register_autocast(device_type: str) -> None:
+    def kernel(_keyset, *args):
+        dtype = torch.get_autocast_dtype(device_type)
+        cast = [a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() and a.dtype != torch.float64
+                and a.device.type == device_type else a for a in args]
+        with torch.autocast(device_type, enabled=False):  # dispatches below the autocast key
+            return prompt_attention_op._opoverload(*cast)
+
+    _autocast_lib.impl("prompt_attention", kernel, "Autocast" + torch._C._dispatch_key_for_device(device_type),
+                       with_keyset=True)
+
+
+for _device_type in ("cpu", "cuda"):
+    _register_autocast(_device_type)
 
 
 def prompt_attention(q: Tensor, k: Tensor, v: Tensor, k_local: Tensor | None = None, v_local: Tensor | None = None,

@@ -26,11 +26,17 @@ Triton kernels (what is fused, where it comes from, limits):
   backward to ``dc`` (plus the residual); (3) the weight and bias gradients as GEMMs
   ``dW = A^T X`` over all B*T rows, one output tile per program, and the LayerNorm weight and
   bias as column sums. No atomics: deterministic.
-* limits: float16, bfloat16 or float32 with every weight in c's dtype (float64 falls back to
-  the composite); T <= 64 frames (padded to >= 16, tl.dot's smallest tile), head dim <= 256;
-  any width. Everything is computed in float32 after loading; float32 dots use
-  ``input_precision="ieee"``, 16-bit ones TF32. Only B programs run in parallel: meant for
-  the small per-layer summary branch (D <= 1024), not as a general attention kernel.
+* dtypes (mixed precision): ``c`` and each parameter in float16, bfloat16 or float32, in any
+  mix (under autocast ``c`` is bfloat16/float16 while the LayerNorm and projection parameters
+  stay float32); the output and ``dc`` are in ``c``'s dtype, each parameter's gradient in that
+  parameter's dtype. float64 anywhere falls back to the composite. The kernels load every tile
+  in its own dtype and compute in float32; float32 dots use TF32 when torch's CUDA matmuls may
+  (``torch.backends.cuda.matmul.fp32_precision``), IEEE float32 otherwise; 16-bit ``c`` uses
+  TF32. The CPU composite follows the same rule with torch ops (see :func:`_composite`).
+* limits: T <= 64 frames (padded to >= 16, tl.dot's smallest tile), head dim <= 256, padded
+  T x head dim <= 64 x 128 (larger tiles need more shared memory than an sm_90 CTA has); any
+  width. Only B programs run in parallel: meant for the small per-layer summary branch
+  (D <= 1024), not as a general attention kernel.
 """
 from __future__ import annotations
 
@@ -80,14 +86,21 @@ def check_inputs(c: Tensor, weights: tuple[Tensor, ...], heads: int) -> None:
 
 
 def _composite(c, weights, heads, eps):
+    """The op's dtype rule in torch ops: LayerNorm in float32 (float64 for float64 ``c``) with the
+    LayerNorm parameters in that precision, the projections and the attention in ``c``'s dtype
+    (parameters cast to it, as autocast casts a linear's weight), the output in ``c``'s dtype;
+    autograd through the casts gives each parameter's gradient in its own dtype. The caller's
+    autocast state plays no part (the backward runs outside it)."""
     ln_w, ln_b, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b = weights
     b, t, d = c.shape
-    y = F.layer_norm(c, (d,), ln_w, ln_b, eps)
-    # three projections of the B*T rows: concatenating the (D, D) weights would copy 3 D^2 per call
-    q, k, v = (F.linear(y, w, bias).view(b, t, heads, d // heads).transpose(1, 2)
-               for w, bias in ((q_w, q_b), (k_w, k_b), (v_w, v_b)))
-    mixed = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
-    return c + F.linear(mixed, o_w, o_b)
+    dtype, stats = c.dtype, torch.float64 if c.dtype == torch.float64 else torch.float32
+    with torch.autocast(c.device.type, enabled=False):
+        y = F.layer_norm(c.to(stats), (d,), ln_w.to(stats), ln_b.to(stats), eps).to(dtype)
+        # three projections of the B*T rows: concatenating the (D, D) weights would copy 3 D^2 per call
+        q, k, v = (F.linear(y, w.to(dtype), bias.to(dtype)).view(b, t, heads, d // heads).transpose(1, 2)
+                   for w, bias in ((q_w, q_b), (k_w, k_b), (v_w, v_b)))
+        mixed = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+        return c + F.linear(mixed, o_w.to(dtype), o_b.to(dtype))
 
 
 # -- Triton kernels ----------------------------------------------------------------------------
@@ -405,6 +418,7 @@ if triton is not None:
 # -- launchers ---------------------------------------------------------------------------------
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_FRAME_HEAD_TILE = 64 * 128
 
 
 def _check_launch(c: Tensor, weights: tuple[Tensor, ...], heads: int) -> None:
@@ -414,17 +428,21 @@ def _check_launch(c: Tensor, weights: tuple[Tensor, ...], heads: int) -> None:
     check_inputs(c, weights, heads)
     if c.dtype not in _KERNEL_DTYPES:
         raise ValueError(f"summary_attention: the Triton kernels take float16, bfloat16 or float32, c is {c.dtype}")
-    for name, w in zip(WEIGHTS, weights):
-        if w.dtype != c.dtype:
-            raise ValueError(f"summary_attention: {name} is {w.dtype}, c is {c.dtype}: the Triton kernels need "
-                             f"one dtype")
-    if c.device.type != "cuda" and not _launch.interpreting():
+    for name, w in zip(WEIGHTS, weights):  # every tile is upcast after its load: any mix of these dtypes
+        if w.dtype not in _KERNEL_DTYPES:
+            raise ValueError(f"summary_attention: {name} is {w.dtype}: the Triton kernels take float16, bfloat16 "
+                             f"or float32 parameters")
+    if not _launch.accepts(c.device):
         raise ValueError(f"summary_attention: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), "
                          f"c is on {c.device}")
     _, frames, width = c.shape
-    if frames > 64 or width // heads > 256:
-        raise ValueError(f"summary_attention: the Triton kernels take at most 64 frames and 256 dims per head, "
-                         f"c is {tuple(c.shape)} with heads={heads}")
+    padded = max(16, triton.next_power_of_2(frames)) * max(16, triton.next_power_of_2(width // heads))
+    if frames > 64 or width // heads > 256 or padded > MAX_FRAME_HEAD_TILE:
+        # the (frames x head dim) float32 tiles live in shared memory: larger ones exceed an sm_90
+        # CTA's 227 KB (checked by compiling ahead of time, tests/test_kernels_aot.py)
+        raise ValueError(f"summary_attention: the Triton kernels take at most 64 frames, 256 dims per head and "
+                         f"(frames x head dim, each padded to a power of two >= 16) <= {MAX_FRAME_HEAD_TILE} "
+                         f"(e.g. 64 x 128 or 32 x 256), c is {tuple(c.shape)} with heads={heads}")
 
 
 def _launch_config(c: Tensor, heads: int) -> dict:
@@ -434,7 +452,7 @@ def _launch_config(c: Tensor, heads: int) -> dict:
     block_t = max(16, triton.next_power_of_2(frames))
     block_hd = max(16, triton.next_power_of_2(width // heads))
     return dict(BLOCK_T=block_t, BLOCK_K=16 if c.dtype == torch.float32 else 32, BLOCK_HD=block_hd,
-                PRECISION="ieee" if c.dtype == torch.float32 else "tf32",
+                PRECISION=_launch.fp32_dot_precision() if c.dtype == torch.float32 else "tf32",
                 num_warps=4 if block_t * block_hd <= 1024 else 8)
 
 
@@ -455,9 +473,8 @@ def summary_attention_forward(c: Tensor, ln_weight: Tensor, ln_bias: Tensor, q_w
     mixed = _launch.empty((videos * frames, width), torch.float32, c.device)
     head_dim = width // heads
     with _launch.device_of(c):
-        _summary_attention_fwd_kernel[(videos,)](c, *(w.contiguous() for w in weights), mixed, out, *c.stride(),
-                                                 frames, width, heads, head_dim, eps, head_dim ** -0.5,
-                                                 **_launch_config(c, heads))
+        _launch.launch(_summary_attention_fwd_kernel, (videos,), c, *(w.contiguous() for w in weights), mixed, out,
+                       *c.stride(), frames, width, heads, head_dim, eps, head_dim ** -0.5, **_launch_config(c, heads))
     return out
 
 
@@ -491,16 +508,16 @@ def summary_attention_backward(grad: Tensor, c: Tensor, ln_weight: Tensor, ln_bi
     config = _launch_config(c, heads)
     tile = 64
     with _launch.device_of(c):
-        _summary_attention_bwd_attn_kernel[(videos,)](c, grad, lnw, lnb, wq, bq, wk, bk, wv, bv, wo, acts, grads,
-                                                      stats, *c.stride(), *grad.stride(), frames, width, heads,
-                                                      head_dim, eps, head_dim ** -0.5, **config)
-        _summary_attention_bwd_ln_kernel[(videos,)](grad, lnw, wq, wk, wv, acts, grads, stats, dc, *grad.stride(),
-                                                    frames, width, BLOCK_T=config["BLOCK_T"], BLOCK_K=config["BLOCK_K"],
-                                                    PRECISION=config["PRECISION"], num_warps=config["num_warps"])
+        _launch.launch(_summary_attention_bwd_attn_kernel, (videos,), c, grad, lnw, lnb, wq, bq, wk, bk, wv, bv, wo,
+                       acts, grads, stats, *c.stride(), *grad.stride(), frames, width, heads, head_dim, eps,
+                       head_dim ** -0.5, **config)
+        _launch.launch(_summary_attention_bwd_ln_kernel, (videos,), grad, lnw, wq, wk, wv, acts, grads, stats, dc,
+                       *grad.stride(), frames, width, BLOCK_T=config["BLOCK_T"], BLOCK_K=config["BLOCK_K"],
+                       PRECISION=config["PRECISION"], num_warps=config["num_warps"])
         grid = (triton.cdiv(width, tile), triton.cdiv(width, tile), 5)
-        _summary_attention_bwd_weights_kernel[grid](acts, grads, dwo, dbo, dwq, dbq, dwk, dbk, dwv, dbv, dlnw, dlnb,
-                                                    rows, width, BLOCK_M=tile, BLOCK_N=tile, BLOCK_R=32,
-                                                    PRECISION=config["PRECISION"], num_warps=4)
+        _launch.launch(_summary_attention_bwd_weights_kernel, grid, acts, grads, dwo, dbo, dwq, dbq, dwk, dbk, dwv,
+                       dbv, dlnw, dlnb, rows, width, BLOCK_M=tile, BLOCK_N=tile, BLOCK_R=32,
+                       PRECISION=config["PRECISION"], num_warps=4)
     return [dc, dlnw, dlnb, dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo]
 
 
@@ -527,7 +544,7 @@ if triton is not None:
     def _(c, ln_weight, ln_bias, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, out_weight, out_bias, heads,
           eps):
         weights = (ln_weight, ln_bias, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, out_weight, out_bias)
-        if c.dtype == torch.float64:  # no float64 tile path: the composite
+        if torch.float64 in (c.dtype, *(w.dtype for w in weights)):  # no float64 tile path: the composite
             check_inputs(c, weights, heads)
             return _composite(c, weights, heads, eps).contiguous()
         return summary_attention_forward(c, *weights, heads, eps)
@@ -556,7 +573,7 @@ if triton is not None:
     def _(grad, c, ln_weight, ln_bias, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, out_weight, out_bias,
           heads, eps):
         inputs = (c, ln_weight, ln_bias, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, out_weight, out_bias)
-        if c.dtype == torch.float64:
+        if torch.float64 in (t.dtype for t in inputs):
             _, vjp = torch.func.vjp(lambda *xs: _composite(xs[0], xs[1:], heads, eps), *inputs)
             return [g.clone(memory_format=torch.contiguous_format) for g in vjp(grad)]
         return summary_attention_backward(grad, *inputs, heads, eps)

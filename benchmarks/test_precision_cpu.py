@@ -1,0 +1,82 @@
+"""The fused Vita-CLIP encoder in bfloat16 on CPU against float32 plain CLIP (ViT-B/16, 8x224,
+batch 1), timed in interleaved rounds (a drift of the machine's speed hits every provider alike).
+
+Providers: ``clip-fp32`` (the frozen CLIP image tower on the 8 frames, float32), ``fused-fp32``,
+``fused-bf16`` (CPU autocast, bfloat16; the prompt attention runs the C++ kernel) and
+``fused-bf16-composite`` (the same with torch's attention as the CPU prompt-attention backend),
+with ``VITA_BENCH_FP16=1`` ``fused-fp16`` (CPU autocast, float16: one run on this AMD EPYC took
+3.5x the time of float32 CLIP, so it is off by default). Random weights with QuickGELU (speed does not depend on
+the weights); also records the top-1 agreement of fused bf16 with fused fp32 over the rounds'
+clips against 400 random class embeddings. ``VITA_BENCH_B16=0`` leaves it out.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import pytest
+import torch
+
+from recording import add_section, record, report_ratio
+from vita_clip import create_model, kernels
+from vita_clip.kernels import _cpu_extension
+
+ROUNDS = int(os.environ.get("VITA_BENCH_PRECISION_ROUNDS", "5"))
+FP16 = os.environ.get("VITA_BENCH_FP16", "0") == "1"  # 3-4x slower than float32 on CPUs without fp16 math
+
+
+@pytest.mark.skipif(os.environ.get("VITA_BENCH_B16", "1") == "0", reason="VITA_BENCH_B16=0")
+def test_fused_bf16_vs_fp32_clip_b16_interleaved(once):
+    torch.manual_seed(0)
+    clip = create_model("vifi-clip-b16", ["a", "b"], pretrained=None, num_frames=8, quick_gelu=True).eval()
+    torch.manual_seed(0)
+    fused = create_model("vita-clip-b16", ["a", "b"], pretrained=None, num_frames=8, fused=True,
+                         quick_gelu=True).eval()
+    classes = torch.nn.functional.normalize(torch.randn(400, fused.encode_video(torch.zeros(1, 8, 3, 224, 224))
+                                                        .shape[-1], generator=torch.Generator().manual_seed(3)), dim=-1)
+    saved = _cpu_extension._backend
+
+    def fused_in(dtype, backend="cpp"):
+        def run(video):
+            kernels.set_cpu_backend(backend)
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                return fused.encode_video(video).float()
+        return run
+
+    calls = {"clip-fp32": lambda video: clip.visual(video.flatten(0, 1)), "fused-fp32": fused_in(None),
+             "fused-bf16": fused_in(torch.bfloat16), "fused-bf16-composite": fused_in(torch.bfloat16, "composite")}
+    if FP16:
+        calls["fused-fp16"] = fused_in(torch.float16)
+    times = {name: [] for name in calls}
+    agree = []
+
+    def rounds():
+        for round_ in range(ROUNDS + 1):  # the first round warms up
+            video = torch.randn(1, 8, 3, 224, 224, generator=torch.Generator().manual_seed(round_))
+            outs = {}
+            for name, fn in calls.items():
+                started = time.perf_counter()
+                outs[name] = fn(video)
+                if round_:
+                    times[name].append(time.perf_counter() - started)
+            top1 = {n: (torch.nn.functional.normalize(outs[n], dim=-1) @ classes.t()).argmax(-1)
+                    for n in ("fused-fp32", "fused-bf16")}
+            agree.append(bool((top1["fused-fp32"] == top1["fused-bf16"]).all()))
+
+    try:
+        with torch.inference_mode():
+            once("precision b16 interleaved", rounds)
+    finally:
+        _cpu_extension._backend = saved
+    group = "inference b16 1x8x224px cpu by precision, interleaved rounds"
+    for name, values in times.items():
+        record(group, name, "time", statistics.median(values), "s", values=values)
+    report_ratio(group, "fused-bf16", "clip-fp32", goal="<= 0.35")
+    report_ratio(group, "fused-fp32", "clip-fp32", goal="<= 1.03")
+    report_ratio(group, "fused-bf16", "fused-bf16-composite")
+    if FP16:
+        report_ratio(group, "fused-fp16", "clip-fp32")
+    add_section("top-1 agreement, fused bf16 vs fused fp32 (random weights, 400 random classes)",
+                [f"{sum(agree)} of {len(agree)} clips agree"])
+    assert all(len(v) == ROUNDS for v in times.values())

@@ -1,0 +1,96 @@
+"""The C++ CPU kernel (csrc/) in bfloat16, against the float64 reference.
+
+Tolerance: twice the error of torch's own CPU attention in bfloat16 on the same inputs (the
+composite: flash attention for CPU over the concatenated keys) plus a quarter of bfloat16's
+epsilon. As in test_cpu_extension.py the extension must be built, unless
+``VITA_CLIP_ALLOW_NO_EXTENSION=1`` (then these tests skip).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from vita_clip import kernels
+from vita_clip.kernels import _cpu_extension
+from vita_clip.kernels import prompt_attention as pa
+
+NAMES = ("q", "k", "v", "k_local", "v_local", "k_global", "v_global", "k_summary", "v_summary")
+BF16 = torch.bfloat16
+
+
+@pytest.fixture
+def extension():
+    if not _cpu_extension.extension_available():
+        message = f"the C++ CPU extension is not built or fails to import ({_cpu_extension._load_error})"
+        if os.environ.get("VITA_CLIP_ALLOW_NO_EXTENSION") == "1":
+            pytest.skip(message)
+        pytest.fail(message + "; build it with `make install` or set VITA_CLIP_ALLOW_NO_EXTENSION=1")
+    return torch.ops.vita_clip_cpu
+
+
+def rel(a, b) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def bound(torch_err: float) -> float:
+    return 2 * torch_err + 0.25 * torch.finfo(BF16).eps
+
+
+def inputs_of(videos, frames, tokens, heads, head_dim, local, n_global, summary, seed) -> list:
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g).to(BF16)
+
+    f = videos * frames
+    own = [r(f, heads, tokens, head_dim) for _ in range(3)]
+    local_kv = [r(videos, heads, frames, head_dim) if local else None for _ in range(2)]
+    global_kv = [r(heads, n_global, head_dim) if n_global else None for _ in range(2)]
+    summary_kv = [r(f, heads, head_dim) if summary else None for _ in range(2)]
+    return own + local_kv + global_kv + summary_kv
+
+
+SHAPES = [  # (videos, frames, tokens, heads, head_dim, local, n_global, summary)
+    (1, 3, 197, 2, 16, True, 8, True),
+    (2, 8, 257, 1, 32, True, 3, True),
+    (1, 16, 33, 2, 24, True, 0, False),
+    (2, 3, 9, 1, 8, False, 5, False),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}T{}L{}H{}d{}-loc{}-M{}-sum{}".format(*s))
+def test_cpp_bfloat16_matches_float64_reference(extension, shape):
+    args = inputs_of(*shape, seed=int(torch.randint(0, 2**31 - 1, ()).item()))
+    grad = torch.randn(args[0].shape).to(BF16)
+    ref, _ = pa.prompt_attention_reference(*(a.double() if a is not None else None for a in args))
+    present = [i for i, a in enumerate(args) if a is not None]
+    ref_inputs = [a.double().requires_grad_(True) if a is not None else None for a in args]
+    ref_out, _ = pa.prompt_attention_reference(*ref_inputs)
+    ref_grads = torch.autograd.grad(ref_out, [ref_inputs[i] for i in present], grad.double())
+
+    out, lse = extension.prompt_attention_fwd(*args)
+    grads = extension.prompt_attention_bwd(grad, *args, out, lse)
+    their_out, their_lse = pa._composite_forward(*args)
+    their_grads = pa._composite_backward(grad, *args, their_out, their_lse)
+
+    assert out.dtype == BF16 and lse.dtype == torch.float32 and out.is_contiguous()
+    assert rel(out, ref) <= bound(rel(their_out, ref))
+    for i, rg in zip(present, ref_grads):
+        assert grads[i].dtype == BF16 and grads[i].shape == args[i].shape, NAMES[i]
+        assert rel(grads[i], rg) <= bound(rel(their_grads[i], rg)), NAMES[i]
+
+
+def test_op_runs_the_cpp_kernel_in_bfloat16(extension):
+    """With the "cpp" backend a bfloat16 call of the op (what CPU autocast produces) is the C++ kernel's."""
+    saved = _cpu_extension._backend
+    try:
+        kernels.set_cpu_backend("cpp")
+        args = inputs_of(1, 3, 197, 2, 16, True, 8, True, seed=4)
+        out, lse = pa.prompt_attention_op(*args)
+        cpp_out, cpp_lse = extension.prompt_attention_fwd(*args)
+        assert torch.equal(out, cpp_out) and torch.equal(lse, cpp_lse)
+    finally:
+        _cpu_extension._backend = saved

@@ -1,0 +1,58 @@
+"""Every Triton kernel compiles ahead of time for sm_90 (H100/H200) at the specialisations the
+launchers choose, without a GPU (``vita_clip.kernels._aot``; Triton ships ptxas).
+
+The compile runs in a subprocess without ``TRITON_INTERPRET`` (``conftest.py`` sets it for this
+process, and interpreted kernels cannot be compiled). By default: ViT-B/16 (768 wide, 12 heads,
+197 tokens) and ViT-L/14 (1024, 16 heads, 257 tokens) with 8-frame clips, in float32 (IEEE and
+TF32 dots), bfloat16 and float16 under autocast (float32 summary parameters): about 45
+specialisations, ~1 min of CPU. ``VITA_CLIP_AOT_FULL=1`` adds 16-frame clips and the largest
+shapes the launchers admit (another ~3 min on 2 cores).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vita_clip.kernels import _launch
+from vita_clip.kernels import summary_attention as sa
+
+triton = pytest.importorskip("triton")
+FULL = os.environ.get("VITA_CLIP_AOT_FULL", "0") == "1"
+
+
+def test_every_kernel_compiles_for_sm90_within_its_shared_memory():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    command = [sys.executable, "-m", "vita_clip.kernels._aot", "--arch", "90"] + (["--full", "--limits"] if FULL
+                                                                                   else [])
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
+    print(result.stdout)  # registers and spills of every specialisation (shown with -s or on failure)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    for kernel in ("_prompt_attention_fwd_kernel", "_prompt_attention_bwd_dq_kernel",
+                   "_prompt_attention_bwd_dkdv_kernel", "_summary_attention_fwd_kernel",
+                   "_summary_attention_bwd_attn_kernel", "_summary_attention_bwd_ln_kernel",
+                   "_summary_attention_bwd_weights_kernel"):
+        for precision in ("fp32]", "fp32-tf32]", "bf16-autocast]", "fp16-autocast]"):
+            if kernel == "_summary_attention_bwd_weights_kernel" and "16-autocast" in precision:
+                continue  # float32 scratch in, float32 parameter gradients out: the fp32 specialisation
+            assert any(line.startswith(kernel) and precision in line and line.endswith(" ok") for line in lines), \
+                (kernel, precision)
+    assert "0 failed" in lines[-1]
+
+
+@pytest.mark.skipif(not _launch.interpreting() and not torch.cuda.is_available(), reason="needs a launcher device")
+def test_summary_launcher_refuses_tiles_that_exceed_sm90_shared_memory():
+    """64 frames x head dim 256 needs 300-430 KB of shared memory per CTA (see the compile above
+    with ``--limits`` and the launcher's MAX_FRAME_HEAD_TILE): refused before any launch."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    width, heads = 1024, 4
+    weights = [torch.ones(width, device=device), torch.zeros(width, device=device)]
+    weights += [torch.zeros(width, width, device=device), torch.zeros(width, device=device)] * 4
+    with pytest.raises(ValueError, match=r"\(frames x head dim, each padded to a power of two >= 16\) <= 8192"):
+        sa.summary_attention_forward(torch.zeros(1, 64, width, device=device), *weights, heads)
+    with pytest.raises(ValueError, match="<= 8192"):
+        sa.summary_attention_forward(torch.zeros(1, 33, width, device=device), *weights, heads)
