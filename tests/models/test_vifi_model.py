@@ -105,11 +105,12 @@ def original_layout(model: ViFiCLIP) -> dict:
 
 
 def test_original_vifi_checkpoint_loads(tiny_classes, tiny_clip, tmp_path):
-    """Original checkpoints hold no token embedding: it comes from the base CLIP weights."""
+    """Original checkpoints hold no token embedding: it comes from the base CLIP weights.
+    Loaded, they round their prompts to float16 as the original does (``fp16_prompts``)."""
     base = tmp_path / "clip_tiny.pt"
     torch.save(tiny_clip.state_dict(), base)
     torch.manual_seed(1)
-    trained = create_model("vifi-clip-tiny-prompting", tiny_classes, pretrained=str(base)).eval()
+    trained = create_model("vifi-clip-tiny-prompting", tiny_classes, pretrained=str(base), fp16_prompts=True).eval()
     with torch.no_grad():
         trained.vision_prompts.normal_()
         trained.text_prompts.normal_()
@@ -119,5 +120,6 @@ def test_original_vifi_checkpoint_loads(tiny_classes, tiny_clip, tmp_path):
     torch.manual_seed(2)
     loaded = create_model("vifi-clip-tiny-prompting", tiny_classes, pretrained=str(base), checkpoint=path).eval()
     video = clips()
+    assert loaded.config.fp16_prompts and loaded.config.keep_underscores
     with torch.no_grad():
         assert torch.allclose(loaded(video), trained(video), atol=1e-6)

@@ -7,7 +7,11 @@
   checkpoint the original training script loads (the same keys, without the prompts).
 * ViFi-CLIP (muzairkhattak/ViFi-CLIP): OpenAI CLIP layout under ``image_encoder.`` and
   ``text_encoder.``, deep prompts as ``VPT`` / ``VPT_shallow``; no token embedding (it comes
-  from the base CLIP weights).
+  from the base CLIP weights). Its training script (``utils/tools.py: epoch_saving``) saves
+  ``{'model': DDP state dict ('module.' prefixes), 'optimizer', 'lr_scheduler',
+  'max_accuracy', 'epoch', 'config': yacs CfgNode}``; the CfgNode is read as a plain dict
+  without yacs (:data:`ORIGINAL_SAFE_GLOBALS`) and its ``TRAINER.ViFi_CLIP`` and
+  ``DATA.NUM_FRAMES`` settings set the model config (:func:`vifi_config_overrides`).
 
 Buffers derived from class names (``token_prefix``, ``token_suffix``,
 ``complete_text_embeddings``) are dropped: the models rebuild them from the class names.
@@ -15,10 +19,25 @@ Buffers derived from class names (``token_prefix``, ``token_suffix``,
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 
 import torch
 
 from .io import unwrap_state_dict
+
+
+class _YacsConfigNode:
+    """Stand-in for ``yacs.config.CfgNode`` (a dict subclass) when original ViFi-CLIP checkpoints
+    are read with ``torch.load(weights_only=True)``: every node becomes a plain ``OrderedDict``
+    (yacs' bookkeeping attributes land in its ``__dict__``), so neither yacs nor any code from
+    the file is needed."""
+
+    def __new__(cls, *args):
+        return OrderedDict()
+
+
+# For ``torch.serialization.safe_globals`` around ``torch.load(..., weights_only=True)``.
+ORIGINAL_SAFE_GLOBALS = [(_YacsConfigNode, "yacs.config.CfgNode")]
 
 _DERIVED = re.compile(r"(^|\.)(token_prefix|token_suffix|complete_text_embeddings|tokenized_prompts)$")
 
@@ -117,6 +136,8 @@ def convert_vifi_state_dict(checkpoint) -> dict[str, torch.Tensor]:
         if _DERIVED.search(key):
             continue
         m = re.fullmatch(r"(image_encoder|text_encoder)\.transformer\.resblocks\.(\d+)\.VPT_shallow", key)
+        if (m or key == "image_encoder.VPT") and value.numel() == 0:
+            continue  # zero prompts (a depth set with N_CTX 0): a no-op in the original
         if m:
             (vision_deep if m.group(1) == "image_encoder" else text_deep)[int(m.group(2))] = value
         elif key == "image_encoder.VPT":
@@ -134,6 +155,90 @@ def convert_vifi_state_dict(checkpoint) -> dict[str, torch.Tensor]:
     if text_deep:
         out["text_prompts"] = _stack_layers(text_deep, first=1, what="text prompts")
     return out
+
+
+# TRAINER.ViFi_CLIP of the original config (utils/config.py) with its defaults.
+ORIGINAL_VIFI_TRAINER_DEFAULTS = {
+    "PROMPT_MODEL": False, "N_CTX_VISION": 0, "N_CTX_TEXT": 0, "CTX_INIT": "a photo of a",
+    "PROMPT_DEPTH_VISION": 0, "PROMPT_DEPTH_TEXT": 1, "USE": "both", "ZS_EVAL": False,
+}
+# What the original computes where a natural reading differs (see ViFiCLIPConfig).
+ORIGINAL_VIFI_BEHAVIOUR = {"fp16_prompts": True, "keep_underscores": True}
+
+
+def vifi_config_from_original(trainer: dict, num_frames: int | None = None) -> dict:
+    """:class:`~vita_clip.ViFiCLIPConfig` fields for the original's ``TRAINER.ViFi_CLIP``
+    settings (missing keys take the original defaults) and ``DATA.NUM_FRAMES``.
+
+    ``USE`` chooses the trained tower as in ``returnCLIP`` ("both", "image", anything else
+    the text side); ``ZS_EVAL`` makes the bare class name the prompt; without prompting the
+    prompt is ``CTX_INIT + " {}."``.
+    """
+    unknown = sorted(set(trainer) - set(ORIGINAL_VIFI_TRAINER_DEFAULTS))
+    if unknown:
+        raise ValueError(f"TRAINER.ViFi_CLIP: unknown keys {unknown}; known: {sorted(ORIGINAL_VIFI_TRAINER_DEFAULTS)}")
+    t = {**ORIGINAL_VIFI_TRAINER_DEFAULTS, **trainer}
+    fields: dict = dict(ORIGINAL_VIFI_BEHAVIOUR)
+    if num_frames is not None:
+        fields["num_frames"] = int(num_frames)
+    if t["PROMPT_MODEL"]:
+        if t["ZS_EVAL"]:
+            raise ValueError("TRAINER.ViFi_CLIP: ZS_EVAL with PROMPT_MODEL is not a working setting of the original "
+                             "(its prompt learner then has no context)")
+        vision = t["N_CTX_VISION"] if t["PROMPT_DEPTH_VISION"] > 0 else 0
+        fields.update(finetune="none", text_prompts=t["N_CTX_TEXT"], text_prompt_depth=t["PROMPT_DEPTH_TEXT"],
+                      vision_prompts=vision, vision_prompt_depth=t["PROMPT_DEPTH_VISION"] if vision else 0,
+                      text_prompt_init=t["CTX_INIT"])
+    else:
+        if t["PROMPT_DEPTH_VISION"] > 0 and t["N_CTX_VISION"] > 0:
+            raise ValueError("TRAINER.ViFi_CLIP: vision prompts without PROMPT_MODEL (fine-tuned together with CLIP) "
+                             "are not supported; ViFiCLIP learns prompts only on a frozen model")
+        init = t["CTX_INIT"].replace("_", " ")
+        fields.update(finetune=t["USE"] if t["USE"] in ("both", "image") else "text",
+                      templates=("{}",) if t["ZS_EVAL"] else (f"{init} {{}}.",),
+                      text_prompts=0, text_prompt_depth=0, vision_prompts=0, vision_prompt_depth=0)
+    return fields
+
+
+def vifi_config_overrides(state: dict[str, torch.Tensor], original_config: dict | None = None) -> dict:
+    """Config fields implied by a converted ViFi-CLIP checkpoint: the original's behaviour
+    (:data:`ORIGINAL_VIFI_BEHAVIOUR`), the prompt sizes its weights hold and, when it stores
+    its training config, that config's settings (:func:`vifi_config_from_original`); a config
+    that disagrees with the weights raises."""
+    fields: dict = dict(ORIGINAL_VIFI_BEHAVIOUR)
+    if original_config is not None:
+        trainer = (original_config.get("TRAINER") or {}).get("ViFi_CLIP") or {}
+        fields.update(vifi_config_from_original(dict(trainer), (original_config.get("DATA") or {}).get("NUM_FRAMES")))
+    ctx, vision, text = state.get("prompt_learner.ctx"), state.get("vision_prompts"), state.get("text_prompts")
+    if ctx is None and vision is None and text is None:
+        weights = {"text_prompts": 0, "vision_prompts": 0} if original_config is not None else {}
+    else:
+        if ctx is None:
+            raise ValueError("ViFi-CLIP checkpoint: it has deep prompts but no 'prompt_learner.ctx'")
+        weights = {"finetune": "none", "text_prompts": ctx.shape[-2],
+                   "text_prompt_depth": 1 + (text.shape[0] if text is not None else 0),
+                   "vision_prompts": vision.shape[1] if vision is not None else 0,
+                   "vision_prompt_depth": vision.shape[0] if vision is not None else 0}
+    if original_config is not None:
+        clash = {k: (fields[k], v) for k, v in weights.items() if k in fields and fields[k] != v}
+        if clash:
+            raise ValueError(f"ViFi-CLIP checkpoint: its stored config and its weights disagree "
+                             f"(field: (config, weights)): {clash}")
+    fields.update(weights)
+    return fields
+
+
+def original_training_config(checkpoint) -> dict | None:
+    """The training config an original checkpoint stores under ``'config'`` (yacs CfgNode,
+    read as nested dicts), as plain dicts; ``None`` when there is none."""
+    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(config, dict):
+        return None
+
+    def plain(value):
+        return {k: plain(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    return plain(config)
 
 
 def _stack_layers(per_layer: dict[int, torch.Tensor], first: int, what: str) -> torch.Tensor:

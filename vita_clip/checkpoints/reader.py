@@ -11,7 +11,14 @@ import torch
 
 from ..errors import CheckpointMismatchError
 from .io import FORMAT, PRETRAINED_CONFIG, PRETRAINED_WEIGHTS, VERSION, file_digest, tensors_digest, unwrap_state_dict
-from .original import convert_vifi_state_dict, convert_vita_state_dict, is_original_vifi_state_dict, is_original_vita_state_dict
+from .original import (
+    ORIGINAL_SAFE_GLOBALS,
+    convert_vifi_state_dict,
+    convert_vita_state_dict,
+    is_original_vifi_state_dict,
+    is_original_vita_state_dict,
+    original_training_config,
+)
 from .training import read_training_state
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -26,6 +33,13 @@ def read_checkpoint(source) -> dict:
     :func:`~vita_clip.checkpoints.io.save_pretrained` folder), a Hugging Face Hub repo id
     holding such a folder (``owner/name``, fetched through ``huggingface_hub`` when it is not a
     local path), or an already loaded object. Weights carrying a SHA-256 are checked against it.
+    ``"original-vifi"`` results also carry ``"original_config"``: the training config the file
+    stores (nested dicts), or ``None``.
+
+    Files are read with ``torch.load(weights_only=True)`` (no code from the file runs); the
+    yacs config of original ViFi-CLIP checkpoints is read as plain dicts. A file that pickles
+    anything else fails with a message naming it; if you trust such a file, load it yourself
+    with ``torch.load(path, map_location="cpu", weights_only=False)`` and pass the object.
     """
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "checkpoint"
     if isinstance(source, str) and not os.path.exists(source) and _REPO_ID.match(source):
@@ -39,10 +53,14 @@ def read_checkpoint(source) -> dict:
         if not os.path.isfile(source):
             raise FileNotFoundError(f"checkpoint file {name!r} does not exist")
         try:
-            # Original checkpoints are plain tensor dicts too, so weights_only works for all.
-            source = torch.load(source, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(ORIGINAL_SAFE_GLOBALS):
+                source = torch.load(source, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise CheckpointMismatchError(f"cannot read checkpoint {name!r}: {type(err).__name__}: {err}") from err
+            detail = str(err).split("WeightsUnpickler error:")[-1].strip()
+            raise CheckpointMismatchError(
+                f"cannot read checkpoint {name!r} with torch.load(weights_only=True): {type(err).__name__}: {detail}\n"
+                f"If you trust the file, load it with torch.load({name!r}, map_location='cpu', weights_only=False) "
+                "and pass the loaded object as checkpoint=") from err
     if isinstance(source, dict) and source.get("format") == FORMAT:
         if source.get("version") != VERSION:
             raise CheckpointMismatchError(f"{name}: vita-clip checkpoint version {source.get('version')} is not supported "
@@ -56,7 +74,8 @@ def read_checkpoint(source) -> dict:
     if is_original_vita_state_dict(state):
         return {"kind": "original-vita", "state_dict": convert_vita_state_dict(state), "source": name}
     if is_original_vifi_state_dict(state):
-        return {"kind": "original-vifi", "state_dict": convert_vifi_state_dict(state), "source": name}
+        return {"kind": "original-vifi", "state_dict": convert_vifi_state_dict(state), "source": name,
+                "original_config": original_training_config(source)}
     return {"kind": "state_dict", "state_dict": state, "source": name}
 
 

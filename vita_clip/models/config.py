@@ -86,8 +86,21 @@ class ViFiCLIPConfig:
         vision_prompts / vision_prompt_depth: "bridge and prompt" deep visual prompts:
             tokens appended after the patches, replaced in the first ``depth`` layers.
         text_prompts / text_prompt_depth: deep language prompts after the start token.
-        text_prompt_init: initialises the text context from these words when their token
-            count equals ``text_prompts`` (the original only honours it for <= 4 tokens).
+        text_prompt_init: the original's rule: with ``text_prompts <= 4`` the context starts
+            as the first ``text_prompts`` token embeddings of these words and any remaining
+            words stay in the prompt as fixed tokens ("a photo of a {}." with 4 contexts);
+            with more contexts (or ``""``) it is random and the words are not used.
+        fp16_prompts: round the vision prompts and the deep text prompts to float16 at every
+            forward, as the original's ``.half()`` does (it moves logits by ~1e-3; gradients
+            pass unrounded). On by
+            default when an original ViFi-CLIP checkpoint is loaded; ``False`` keeps them in
+            the model's dtype.
+        keep_underscores: fill class names into ``templates`` as they are, so ``brush_hair``
+            keeps ``_`` as a token, as the original's fine-tuning and zero-shot prompts do (its
+            prompt learner, like ours, turns ``_`` into a space). On by default when an
+            original ViFi-CLIP checkpoint is loaded; ``False`` cleans names to ``brush hair``.
+        fused: run the vision-prompt layers whose prompt outputs are discarded with the fused
+            prompt attention (the prompts as keys/values only); see :class:`~vita_clip.ViFiCLIP`.
     """
 
     backbone: str = "ViT-B-16"
@@ -101,6 +114,9 @@ class ViFiCLIPConfig:
     text_prompts: int = 0
     text_prompt_depth: int = 0
     text_prompt_init: str = "a photo of a"
+    fp16_prompts: bool = False
+    keep_underscores: bool = False
+    fused: bool = False
 
     def __post_init__(self):
         self.templates = tuple(self.templates)

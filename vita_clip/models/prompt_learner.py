@@ -19,6 +19,10 @@ class PromptLearner(nn.Module):
 
     ``position`` puts the class name at the ``end`` (after the context), in the ``middle``
     (between the two halves of the context) or at the ``front``.
+
+    ``partial_init`` (ViFi-CLIP) keeps ``n_ctx`` with a ``ctx_init``: the context starts as the
+    first ``n_ctx`` tokens of those words and the words after them stay in every prompt as
+    fixed tokens; without it the context covers all of the words' tokens.
     """
 
     def __init__(
@@ -29,13 +33,20 @@ class PromptLearner(nn.Module):
         ctx_init: str = "",
         class_specific: bool = True,
         position: str = "end",
+        partial_init: bool = False,
     ):
         super().__init__()
         width = token_embedding.embedding_dim
         ctx_init = clean_classname(ctx_init)
         if ctx_init:
-            # Initialised from words: one generic context, as many vectors as the words have tokens.
-            n_ctx = count_tokens(ctx_init)
+            # Initialised from words: one generic context, as many vectors as the words have tokens
+            # (or the first n_ctx of them with partial_init).
+            words = count_tokens(ctx_init)
+            if not partial_init:
+                n_ctx = words
+            elif not 1 <= n_ctx <= words:
+                raise ValueError(f"ctx_init {ctx_init!r} has {words} tokens; n_ctx={n_ctx} must be between 1 and that "
+                                 "(more would overwrite the class name with context vectors)")
             tokens = tokenize([ctx_init])
             with torch.no_grad():
                 ctx = token_embedding(tokens.to(token_embedding.weight.device))[0, 1 : 1 + n_ctx].clone()

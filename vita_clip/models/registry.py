@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..checkpoints.io import covers_backbone, load_weights, looks_like_path
-from ..checkpoints.original import vita_config_overrides
+from ..checkpoints.original import vifi_config_overrides, vita_config_overrides
 from ..checkpoints.reader import read_checkpoint
 from ..config_builder import build, replace
 from ..data.config import DataConfig
@@ -38,7 +38,8 @@ class ModelFamily:
         data_recipe: ``(num_frames, size) -> DataConfig``: the family's published sampling and transforms.
         supports_fused: whether the config has the ``fused`` switch (the fused prompt-attention kernels).
         original_kind: the :func:`~vita_clip.checkpoints.read_checkpoint` kind of its released checkpoints.
-        implied_by_original: config fields a converted released checkpoint implies (``None``: none).
+        implied_by_original: config fields a released checkpoint implies, from its
+            :func:`~vita_clip.checkpoints.read_checkpoint` result (``None``: none).
         original_quick_gelu: the activation the released code computes, whatever the open_clip
             config of the backbone says (Vita-CLIP's towers and the OpenAI CLIP code ViFi-CLIP
             builds on hard-code QuickGELU).
@@ -57,9 +58,12 @@ class ModelFamily:
 
 FAMILIES: dict[str, ModelFamily] = {
     "vita": ModelFamily("vita", "vita-clip", VitaCLIPConfig, VitaCLIP, DataConfig.vita_clip, supports_fused=True,
-                        original_kind="original-vita", implied_by_original=vita_config_overrides),
+                        original_kind="original-vita",
+                        implied_by_original=lambda loaded: vita_config_overrides(loaded["state_dict"])),
     "vifi": ModelFamily("vifi", "vifi-clip", ViFiCLIPConfig, ViFiCLIP, DataConfig.vifi_clip, supports_fused=False,
-                        original_kind="original-vifi"),
+                        original_kind="original-vifi",
+                        implied_by_original=lambda loaded: vifi_config_overrides(loaded["state_dict"],
+                                                                                 loaded.get("original_config"))),
 }
 
 # name -> (family, preset fields). Presets follow the published settings.
@@ -134,7 +138,10 @@ def create_model(
             already holds the backbone.
         checkpoint: weights to load after building: a vita-clip checkpoint, an original
             Vita-CLIP or ViFi-CLIP checkpoint (converted on the fly; the Vita-CLIP layout also
-            sets frames, prompt types and text context), or a state dict.
+            sets frames, prompt types and text context; the ViFi-CLIP layout sets its prompt
+            sizes, the original's float16 prompt rounding and class-name handling, and, from
+            the training config the file stores, frames, prompt template and trained tower),
+            or a state dict.
         device: where the model lives. ``"meta"`` builds it without allocating weights
             (for parameter counts); no weights are loaded then.
         **overrides: config fields (see :class:`VitaCLIPConfig` / :class:`ViFiCLIPConfig`),
@@ -168,7 +175,7 @@ def create_model(
                 raise ValueError(f"{loaded['source']} is an {loaded['kind']} checkpoint; "
                                  f"create a '{owner.generic_name}*' model")
             if family.implied_by_original is not None:
-                implied = family.implied_by_original(loaded["state_dict"])
+                implied = family.implied_by_original(loaded)
             implied["quick_gelu"] = family.original_quick_gelu
             if overrides.get("quick_gelu") not in (None, family.original_quick_gelu):
                 raise ValueError(f"quick_gelu={overrides['quick_gelu']!r}: {loaded['source']} is an {loaded['kind']} "
