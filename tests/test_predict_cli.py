@@ -6,9 +6,8 @@ import csv
 import json
 
 import pytest
-from helpers_inference import save_tiny_checkpoint, write_video
 
-from helpers import exit_code
+from helpers import exit_code, save_tiny_checkpoint, write_sliding_clip
 from vita_clip.inference import expand_video_paths, predict
 from vita_clip.predict import main as predict_main
 
@@ -19,7 +18,7 @@ CLASSES = ["left", "right", "up", "down"]
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("videos")
     for i in range(5):
-        write_video(root / ("a" if i < 3 else "b/c") / f"clip{i}.webm", seed=i)
+        write_sliding_clip(root / ("a" if i < 3 else "b/c") / f"clip{i}.webm", seed=i)
     (root / "b" / "broken.webm").write_bytes(b"\x1a\x45\xdf\xa3" + b"\x00" * 200)  # an EBML header, then nothing
     (root / "notes.txt").write_text("not a video")
     return root
@@ -58,7 +57,7 @@ def test_folder_to_csv_with_a_broken_file_then_resume(folder, checkpoint, tmp_pa
     # an interrupted run: the last row half written; a new video appeared meanwhile
     text = out.read_text()
     out.write_text(text[: text.rstrip("\n").rfind("\n") + 1] + rows[-1]["video"][:5])
-    write_video(folder / "b" / "clip_new.webm", seed=9)
+    write_sliding_clip(folder / "b" / "clip_new.webm", seed=9)
     try:
         assert predict_main(args) == 0
     finally:

@@ -5,16 +5,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from helpers_inference import save_tiny_checkpoint, write_video
 
 import vita_clip
+from helpers import save_tiny_checkpoint, write_sliding_clip
 from vita_clip.data.decode_cpu import VideoReader
 from vita_clip.engine.metrics import MetricsWriter, setup_logging
 from vita_clip.inference import model_data_config, predict
 
 
 def test_load_video_gives_the_recipes_views(tmp_path):
-    video = write_video(tmp_path / "v.webm", seed=3, frames=20)
+    video = write_sliding_clip(tmp_path / "v.webm", seed=3, frames=20)
     model, preprocess = vita_clip.create_model_and_transforms("vita-clip-tiny", ["a", "b"])
     views = vita_clip.load_video(video, model)
     assert preprocess.views == (3, 1)  # Vita-CLIP evaluates 3 clips x 1 crop

@@ -6,8 +6,8 @@ import json
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers_inference import save_tiny_checkpoint, write_video
 
+from helpers import save_tiny_checkpoint, write_sliding_clip
 from vita_clip import load_model
 from vita_clip.data.lists import write_video_list
 from vita_clip.engine.distributed import DistInfo
@@ -40,7 +40,7 @@ def worker(rank, checkpoint, root, store):
 def test_two_gloo_processes_equal_one(tmp_path):
     items = []
     for i in range(7):  # odd: the shards differ in size
-        write_video(tmp_path / f"v{i}.webm", seed=i)
+        write_sliding_clip(tmp_path / f"v{i}.webm", seed=i)
         items.append((f"v{i}.webm", i % 3))
     (tmp_path / "broken.webm").write_bytes(b"\x00" * 20)
     write_video_list(tmp_path / "val.txt", items + [("broken.webm", 1), ("gone.webm", 2)])

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from helpers_inference import save_tiny_checkpoint, write_video
 from torch import nn
 
+from helpers import save_tiny_checkpoint, write_sliding_clip
 from vita_clip.data.config import DataConfig
 from vita_clip.data.dataset import VideoDataset, load_clip
 from vita_clip.data.lists import write_video_list
@@ -78,11 +78,11 @@ def test_evaluate_on_videos_with_known_answers(tmp_path):
     """Class 0 dark, class 1 bright, class 2 no videos: 3/3 + 1/2 right -> top-1 80, mean-cls 75."""
     config = DataConfig.vita_clip(num_frames=4, stride=2, num_clips=2, size=32, backend="cpu")
     levels = {"dark": 40, "bright": 210}
-    refs = [load_clip(write_video(tmp_path / f"ref_{k}.webm", 0, level=v), config).mean().item()
+    refs = [load_clip(write_sliding_clip(tmp_path / f"ref_{k}.webm", 0, level=v), config).mean().item()
             for k, v in levels.items()]
     videos = [("d0", 40, 0), ("d1", 40, 0), ("d2", 40, 0), ("b0", 210, 1), ("b1", 40, 1)]
     for name, level, _ in videos:
-        write_video(tmp_path / f"{name}.webm", 1, level=level)
+        write_sliding_clip(tmp_path / f"{name}.webm", 1, level=level)
     (tmp_path / "broken.webm").write_bytes(b"\x00" * 10)
     lst = write_video_list(tmp_path / "val.txt", [(f"{n}.webm", label) for n, _, label in videos] + [("broken.webm", 0)])
     model = NearestBrightness(refs + [1e3])
@@ -104,8 +104,8 @@ def trees(tmp_path_factory):
     root = tmp_path_factory.mktemp("layouts")
     items = [(f"v_{FOLDERS[i % 3]}_g{i:02d}.webm", i % 3) for i in range(9)]
     for k, (name, label) in enumerate(items):
-        write_video(root / "flat" / name, seed=k)
-        write_video(root / "tree" / FOLDERS[label] / name, seed=k)
+        write_sliding_clip(root / "flat" / name, seed=k)
+        write_sliding_clip(root / "tree" / FOLDERS[label] / name, seed=k)
     write_video_list(root / "val.txt", items + [("v_missing.webm", 1)])
     (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     return root

@@ -68,12 +68,18 @@ def file_digest(path: str | os.PathLike) -> str:
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``:
     a crash mid-write never leaves a truncated checkpoint behind."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """``write(binary_file)`` into a temporary file beside ``path``, synced and renamed over it
+    (mode :func:`file_mode`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, file_mode())
@@ -248,37 +254,13 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, trainable_on
     with the weights file's SHA-256). Both files are replaced atomically, readable by all."""
     import json
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     weights, trainable_only = weights_to_save(model, trainable_only)
-    fd, tmp = tempfile.mkstemp(prefix=f".{PRETRAINED_WEIGHTS}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        save_file(weights, tmp, metadata={"format": FORMAT})
-        os.chmod(tmp, file_mode())
-        description = {**model_description(model), "trainable_only": trainable_only,
-                       "weights_sha256": file_digest(tmp)}
-        os.replace(tmp, directory / PRETRAINED_WEIGHTS)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _atomic_write_text(directory / PRETRAINED_CONFIG, json.dumps(description, indent=2) + "\n")
+    data = save(weights, metadata={"format": FORMAT})
+    atomic_write(directory / PRETRAINED_WEIGHTS, lambda f: f.write(data))
+    description = {**model_description(model), "trainable_only": trainable_only,
+                   "weights_sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write(directory / PRETRAINED_CONFIG, lambda f: f.write((json.dumps(description, indent=2) + "\n").encode()))
     return directory
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
