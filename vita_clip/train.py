@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vita_clip.train", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--config", default="demo", help="YAML file or shipped config name (default: demo)")
-    parser.add_argument("--fused", action="store_true", help="use the fused prompt-attention kernels (Vita-CLIP)")
+    parser.add_argument("--fused", action="store_true", help="use the fused prompt-attention kernels (Vita-CLIP; ViFi-CLIP bridge-and-prompt)")
     parser.add_argument("--output-dir", help="where checkpoints, logs, metrics and plots go (config: output_dir)")
     parser.add_argument("--resume", choices=("auto", "force", "never"), default="auto",
                         help="auto (default): continue the run in output_dir if its settings are the same; "
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     with user_errors(parser.prog, args.debug, pretrained_flag="model.pretrained=PATH"):
         config = load_config(config_path(args.config), overrides)
         if args.fused and not family_of(config.model.name).supports_fused:
-            raise ValueError(f"--fused applies to models with fused kernels (Vita-CLIP); model.name is "
+            raise ValueError(f"--fused applies to models with fused kernels (Vita-CLIP, ViFi-CLIP); model.name is "
                              f"{config.model.name!r}")
         result = train(config, resume=resume)
     if "val" in result and os.environ.get("RANK", "0") == "0":

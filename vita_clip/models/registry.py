@@ -60,7 +60,7 @@ FAMILIES: dict[str, ModelFamily] = {
     "vita": ModelFamily("vita", "vita-clip", VitaCLIPConfig, VitaCLIP, DataConfig.vita_clip, supports_fused=True,
                         original_kind="original-vita",
                         implied_by_original=lambda loaded: vita_config_overrides(loaded["state_dict"])),
-    "vifi": ModelFamily("vifi", "vifi-clip", ViFiCLIPConfig, ViFiCLIP, DataConfig.vifi_clip, supports_fused=False,
+    "vifi": ModelFamily("vifi", "vifi-clip", ViFiCLIPConfig, ViFiCLIP, DataConfig.vifi_clip, supports_fused=True,
                         original_kind="original-vifi",
                         implied_by_original=lambda loaded: vifi_config_overrides(loaded["state_dict"],
                                                                                  loaded.get("original_config"))),
