@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vita_clip.train", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--config", default="demo", help="YAML file or shipped config name (default: demo)")
-    parser.add_argument("--fused", action="store_true", help="use the fused prompt-attention kernels (Vita-CLIP; ViFi-CLIP bridge-and-prompt)")
+    parser.add_argument("--fused", action="store_true", help="fused prompt-attention kernels (Vita-CLIP; ViFi-CLIP prompts)")
     parser.add_argument("--output-dir", help="where checkpoints, logs, metrics and plots go (config: output_dir)")
     parser.add_argument("--resume", choices=("auto", "force", "never"), default="auto",
                         help="auto (default): continue the run in output_dir if its settings are the same; "
