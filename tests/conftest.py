@@ -37,3 +37,16 @@ def golden() -> dict:
 @pytest.fixture
 def tiny_classes() -> list[str]:
     return ["abseiling", "playing guitar", "brush_hair", "riding a bike", "yoga"]
+
+
+@pytest.fixture
+def extension():
+    """The C++ CPU kernel's ops; a missing extension fails (skips with VITA_CLIP_ALLOW_NO_EXTENSION=1)."""
+    from vita_clip.kernels import _cpu_extension
+
+    if not _cpu_extension.extension_available():
+        message = f"the C++ CPU extension is not built or fails to import ({_cpu_extension._load_error})"
+        if os.environ.get("VITA_CLIP_ALLOW_NO_EXTENSION") == "1":
+            pytest.skip(message)
+        pytest.fail(message + "; build it with `make install` or set VITA_CLIP_ALLOW_NO_EXTENSION=1")
+    return torch.ops.vita_clip_cpu

@@ -16,10 +16,11 @@ from vita_clip.data import decode_dali
 from vita_clip.data.decode_cpu import VideoReader
 
 
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Relative error ``|actual - expected| / |expected|`` in float64, on the CPU."""
+def rel_err(actual: torch.Tensor, expected: torch.Tensor, floor: float = 0.0) -> float:
+    """Relative error ``|actual - expected| / max(|expected|, floor)`` in float64, on the CPU
+    (``floor``: for references whose norm is about zero, e.g. an exactly-zero true gradient)."""
     actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
-    return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+    return ((actual - expected).norm() / max(expected.norm().item(), floor, 1e-30)).item()
 
 
 # -- the golden outputs of the original Vita-CLIP (the ``golden`` fixture of conftest.py) ----------
@@ -90,6 +91,23 @@ def golden_video(golden: dict) -> torch.Tensor:
 
 
 # -- fused-op inputs --------------------------------------------------------------------------------
+
+# the inputs of the prompt attention, in its argument order
+PROMPT_ATTENTION_INPUTS = ("q", "k", "v", "k_local", "v_local", "k_global", "v_global", "k_summary", "v_summary")
+
+
+def prompt_tensors(videos, frames, tokens, heads, head_dim, n_global, seed) -> dict:
+    """float32 inputs with every source present (local prompts: one per frame)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+
+    f = videos * frames
+    return {"q": r(f, heads, tokens, head_dim), "k": r(f, heads, tokens, head_dim), "v": r(f, heads, tokens, head_dim),
+            "k_local": r(videos, heads, frames, head_dim), "v_local": r(videos, heads, frames, head_dim),
+            "k_global": r(heads, n_global, head_dim), "v_global": r(heads, n_global, head_dim),
+            "k_summary": r(f, heads, head_dim), "v_summary": r(f, heads, head_dim)}
 
 
 def prompt_inputs(videos, frames, tokens, heads, head_dim, local, n_global, summary, dtype=torch.float32, seed=0):

@@ -5,13 +5,12 @@ unless ``VITA_CLIP_ALLOW_NO_EXTENSION=1`` (then they skip), so CI proves the bui
 """
 from __future__ import annotations
 
-import os
 import warnings
 
 import pytest
 import torch
 
-from helpers import prompt_inputs, rel_err
+from helpers import PROMPT_ATTENTION_INPUTS, prompt_inputs, rel_err
 from vita_clip import kernels
 from vita_clip.kernels import _cpu_extension
 from vita_clip.kernels.prompt_attention import (
@@ -22,17 +21,9 @@ from vita_clip.kernels.prompt_attention import (
     prompt_attention_reference,
 )
 
-NAMES = ("q", "k", "v", "k_local", "v_local", "k_global", "v_global", "k_summary", "v_summary")
+NAMES = PROMPT_ATTENTION_INPUTS
 
 
-@pytest.fixture
-def extension():
-    if not _cpu_extension.extension_available():
-        message = f"the C++ CPU extension is not built or fails to import ({_cpu_extension._load_error})"
-        if os.environ.get("VITA_CLIP_ALLOW_NO_EXTENSION") == "1":
-            pytest.skip(message)
-        pytest.fail(message + "; build it with `make install` or set VITA_CLIP_ALLOW_NO_EXTENSION=1")
-    return torch.ops.vita_clip_cpu
 
 
 @pytest.fixture

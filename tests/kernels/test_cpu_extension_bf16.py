@@ -7,32 +7,19 @@ epsilon. As in test_cpu_extension.py the extension must be built, unless
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
+from helpers import PROMPT_ATTENTION_INPUTS, rel_err
 from vita_clip import kernels
 from vita_clip.kernels import _cpu_extension
 from vita_clip.kernels import prompt_attention as pa
 
-NAMES = ("q", "k", "v", "k_local", "v_local", "k_global", "v_global", "k_summary", "v_summary")
+NAMES = PROMPT_ATTENTION_INPUTS
 BF16 = torch.bfloat16
 
 
-@pytest.fixture
-def extension():
-    if not _cpu_extension.extension_available():
-        message = f"the C++ CPU extension is not built or fails to import ({_cpu_extension._load_error})"
-        if os.environ.get("VITA_CLIP_ALLOW_NO_EXTENSION") == "1":
-            pytest.skip(message)
-        pytest.fail(message + "; build it with `make install` or set VITA_CLIP_ALLOW_NO_EXTENSION=1")
-    return torch.ops.vita_clip_cpu
 
-
-def rel(a, b) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def bound(torch_err: float) -> float:
@@ -77,10 +64,10 @@ def test_cpp_bfloat16_matches_float64_reference(extension, shape):
     their_grads = pa._composite_backward(grad, *args, their_out, their_lse)
 
     assert out.dtype == BF16 and lse.dtype == torch.float32 and out.is_contiguous()
-    assert rel(out, ref) <= bound(rel(their_out, ref))
+    assert rel_err(out, ref) <= bound(rel_err(their_out, ref))
     for i, rg in zip(present, ref_grads):
         assert grads[i].dtype == BF16 and grads[i].shape == args[i].shape, NAMES[i]
-        assert rel(grads[i], rg) <= bound(rel(their_grads[i], rg)), NAMES[i]
+        assert rel_err(grads[i], rg) <= bound(rel_err(their_grads[i], rg)), NAMES[i]
 
 
 def test_op_runs_the_cpp_kernel_in_bfloat16(extension):

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import LayerNorm
 
+from helpers import PROMPT_ATTENTION_INPUTS, prompt_tensors, rel_err
 from vita_clip.kernels import _launch
 from vita_clip.kernels import prompt_attention as pa
 from vita_clip.kernels import summary_attention as sa
 from vita_clip.models.vita_vision import SummaryAttention
 
-NAMES = ("q", "k", "v", "k_local", "v_local", "k_global", "v_global", "k_summary", "v_summary")
+NAMES = PROMPT_ATTENTION_INPUTS
 needs_triton = pytest.mark.skipif(pa.triton is None, reason="triton is not installed")
 needs_interpreter = pytest.mark.skipif(not _launch.interpreting(),
                                        reason="needs TRITON_INTERPRET=1 (conftest.py sets it without a GPU)")
@@ -40,29 +41,12 @@ def poisoned_allocations(monkeypatch):
     monkeypatch.setattr(_launch, "empty", nan_empty)
 
 
-def rel(a: torch.Tensor, b: torch.Tensor, floor: float = 0.0) -> float:
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return ((a - b).norm() / max(b.norm().item(), floor, 1e-30)).item()
-
 
 def bound(torch_err: float, dtype: torch.dtype) -> float:
     return 2 * torch_err + 0.25 * torch.finfo(dtype).eps
 
 
 # -- prompt attention --------------------------------------------------------------------------
-
-
-def prompt_tensors(videos, frames, tokens, heads, head_dim, n_global, seed) -> dict:
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape):
-        return torch.randn(*shape, generator=g)
-
-    f = videos * frames
-    return {"q": r(f, heads, tokens, head_dim), "k": r(f, heads, tokens, head_dim), "v": r(f, heads, tokens, head_dim),
-            "k_local": r(videos, heads, frames, head_dim), "v_local": r(videos, heads, frames, head_dim),
-            "k_global": r(heads, n_global, head_dim), "v_global": r(heads, n_global, head_dim),
-            "k_summary": r(f, heads, head_dim), "v_summary": r(f, heads, head_dim)}
 
 
 def eager_attention_grads(t: dict, grad: torch.Tensor, dtype=None):
@@ -91,10 +75,10 @@ def test_prompt_attention_kernels_16bit(device, dtype, shape):
     out, lse = pa.prompt_attention_forward(*args)
     grads = dict(zip(NAMES, pa.prompt_attention_backward(grad.to(device, dtype), *args, out, lse)))
     assert out.dtype == dtype and lse.dtype == torch.float32
-    assert rel(out, ref) <= bound(rel(theirs, ref), dtype)
+    assert rel_err(out, ref) <= bound(rel_err(theirs, ref), dtype)
     for name in NAMES:
         assert grads[name].dtype == dtype, name
-        assert rel(grads[name], ref_grads[name]) <= bound(rel(their_grads[name], ref_grads[name]), dtype), name
+        assert rel_err(grads[name], ref_grads[name]) <= bound(rel_err(their_grads[name], ref_grads[name]), dtype), name
 
 
 # -- summary attention -------------------------------------------------------------------------
@@ -139,11 +123,11 @@ def test_summary_attention_kernels_16bit_input_float32_parameters(device, dtype,
     inputs = [c.to(device)] + [w.to(device) for w in weights]
     out = sa.summary_attention_forward(*inputs, heads)
     grads = sa.summary_attention_backward(grad.to(device, dtype), *inputs, heads)
-    assert out.dtype == dtype and rel(out, ref) <= bound(rel(theirs, ref), dtype)
+    assert out.dtype == dtype and rel_err(out, ref) <= bound(rel_err(theirs, ref), dtype)
     floor = 1e-3 * max(g.norm().item() for g in ref_grads)  # the k bias has an exactly-zero gradient
     for name, g, tg, rg, x in zip(("c",) + sa.WEIGHTS, grads, their_grads, ref_grads, inputs):
         assert g.dtype == x.dtype, name  # dc in c's dtype, parameter gradients in float32
-        assert rel(g, rg, floor) <= bound(rel(tg, rg, floor), dtype), name
+        assert rel_err(g, rg, floor) <= bound(rel_err(tg, rg, floor), dtype), name
 
 
 @needs_triton

@@ -13,18 +13,15 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import LayerNorm
 
+from helpers import PROMPT_ATTENTION_INPUTS, prompt_tensors, rel_err
 from vita_clip import create_model
 from vita_clip.kernels import prompt_attention as pa
 from vita_clip.kernels import summary_attention as sa
 from vita_clip.models.vita_vision import SummaryAttention
 
-NAMES = ("q", "k", "v", "k_local", "v_local", "k_global", "v_global", "k_summary", "v_summary")
+NAMES = PROMPT_ATTENTION_INPUTS
 DTYPES = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16")]
 
-
-def rel(a: torch.Tensor, b: torch.Tensor, floor: float = 0.0) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return ((a - b).norm() / max(b.norm().item(), floor, 1e-30)).item()
 
 
 def bound(torch_err: float, dtype: torch.dtype) -> float:
@@ -36,20 +33,6 @@ def leaves(tensors: dict, dtype=None) -> dict:
 
 
 # -- prompt attention --------------------------------------------------------------------------
-
-
-def prompt_tensors(videos, frames, tokens, heads, head_dim, n_global, seed) -> dict:
-    """float32 inputs with every source present (local prompts: one per frame)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape):
-        return torch.randn(*shape, generator=g)
-
-    f = videos * frames
-    return {"q": r(f, heads, tokens, head_dim), "k": r(f, heads, tokens, head_dim), "v": r(f, heads, tokens, head_dim),
-            "k_local": r(videos, heads, frames, head_dim), "v_local": r(videos, heads, frames, head_dim),
-            "k_global": r(heads, n_global, head_dim), "v_global": r(heads, n_global, head_dim),
-            "k_summary": r(f, heads, head_dim), "v_summary": r(f, heads, head_dim)}
 
 
 def eager_attention(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary):
@@ -90,10 +73,10 @@ def test_prompt_attention_under_autocast(dtype, shape):
     ours, our_grads = output_and_grads(pa.prompt_attention, leaves(t), grad, dtype)
     theirs, their_grads = output_and_grads(eager_attention, leaves(t), grad, dtype)
     assert ours.dtype == dtype and theirs.dtype == dtype
-    assert rel(ours, ref) <= bound(rel(theirs, ref), dtype)
+    assert rel_err(ours, ref) <= bound(rel_err(theirs, ref), dtype)
     for name in NAMES:
         assert our_grads[name].dtype == torch.float32, name
-        assert rel(our_grads[name], ref_grads[name]) <= bound(rel(their_grads[name], ref_grads[name]), dtype), name
+        assert rel_err(our_grads[name], ref_grads[name]) <= bound(rel_err(their_grads[name], ref_grads[name]), dtype), name
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -104,10 +87,10 @@ def test_prompt_attention_16bit_inputs(dtype):
     ref, ref_grads = output_and_grads(reference_attention, leaves(t, torch.float64), grad.double())
     ours, our_grads = output_and_grads(pa.prompt_attention, leaves(t, dtype), grad)
     theirs, their_grads = output_and_grads(eager_attention, leaves(t, dtype), grad)
-    assert ours.dtype == dtype and rel(ours, ref) <= bound(rel(theirs, ref), dtype)
+    assert ours.dtype == dtype and rel_err(ours, ref) <= bound(rel_err(theirs, ref), dtype)
     for name in NAMES:
         assert our_grads[name].dtype == dtype, name
-        assert rel(our_grads[name], ref_grads[name]) <= bound(rel(their_grads[name], ref_grads[name]), dtype), name
+        assert rel_err(our_grads[name], ref_grads[name]) <= bound(rel_err(their_grads[name], ref_grads[name]), dtype), name
 
 
 def test_prompt_attention_mixed_dtypes_outside_autocast_are_refused():
@@ -147,12 +130,12 @@ def summary_grads(out, inputs, grad):
 
 
 def check_summary_close(ours, our_grads, theirs, their_grads, ref, ref_grads, inputs, dtype):
-    assert rel(ours, ref) <= bound(rel(theirs, ref), dtype)
+    assert rel_err(ours, ref) <= bound(rel_err(theirs, ref), dtype)
     # the k bias has an exactly-zero gradient: errors there are relative to the largest gradient
     floor = 1e-3 * max(g.norm().item() for g in ref_grads)
     for name, g, tg, rg, x in zip(("c",) + sa.WEIGHTS, our_grads, their_grads, ref_grads, inputs):
         assert g.dtype == x.dtype, name  # every gradient in its input's dtype
-        assert rel(g, rg, floor) <= bound(rel(tg, rg, floor), dtype), name
+        assert rel_err(g, rg, floor) <= bound(rel_err(tg, rg, floor), dtype), name
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -204,17 +187,17 @@ def test_fused_model_under_autocast(tiny_classes, dtype, frames):
     theirs, their_grads = model_logits_and_grads(eager, video, labels, dtype)
     ours, our_grads = model_logits_and_grads(fused, video, labels, dtype)
     ref, ref_grads = model_logits_and_grads(eager.double(), video.double(), labels)
-    assert rel(ours, ref) <= bound(rel(theirs, ref), dtype)
+    assert rel_err(ours, ref) <= bound(rel_err(theirs, ref), dtype)
     assert our_grads.keys() == ref_grads.keys()
     floor = 1e-3 * max(g.norm().item() for g in ref_grads.values())
     # torch's error on one small parameter is itself a noisy sample (the summary k bias has an
     # exactly-zero true gradient: pure cancellation noise): each parameter is held to twice the
     # larger of torch's error on it and torch's error over all gradients together
-    pooled = rel(torch.cat([g.flatten() for g in their_grads.values()]),
+    pooled = rel_err(torch.cat([g.flatten() for g in their_grads.values()]),
                  torch.cat([g.flatten() for g in ref_grads.values()]))
-    assert rel(torch.cat([g.flatten() for g in our_grads.values()]),
+    assert rel_err(torch.cat([g.flatten() for g in our_grads.values()]),
                torch.cat([g.flatten() for g in ref_grads.values()])) <= bound(pooled, dtype)
     for name, g in our_grads.items():
         assert g.dtype == torch.float32, name
-        torch_err = max(rel(their_grads[name], ref_grads[name], floor), pooled)
-        assert rel(g, ref_grads[name], floor) <= bound(torch_err, dtype), name
+        torch_err = max(rel_err(their_grads[name], ref_grads[name], floor), pooled)
+        assert rel_err(g, ref_grads[name], floor) <= bound(torch_err, dtype), name
