@@ -184,11 +184,10 @@ def test_dali_cpu(measure, clips, index_sets):
         f.write(f"{clips['vp9']} 0\n")
     dataset = VideoDataset(list_file, config=DataConfig(sampling=SamplingConfig(num_frames=8, stride=16)))
     decoder = DaliDecoder(dataset, batch_size=1, device=None)
-    decoder._check(clips["vp9"])  # index the file once, as the loader does after its first epoch
-    data = np.fromfile(clips["vp9"], dtype=np.uint8)
+    decoder.decode_frames(clips["vp9"], [0])  # index the file once, as the loader does after its first epoch
 
     def decode(indices):
-        return decoder._run([data], [np.asarray(indices, dtype=np.int32)])[0]
+        return decoder.decode_frames(clips["vp9"], indices)
 
     assert np.abs(decode(index_sets[0]).numpy().astype(int) - read_frames(clips["vp9"], index_sets[0])).max() <= 1
     measure_decoder(measure, "dali (CPU decoder)", "vp9", decode, index_sets)

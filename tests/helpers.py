@@ -3,6 +3,7 @@ test file or ``conftest``)."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import av
@@ -13,7 +14,6 @@ from vita_clip import VitaCLIP, VitaCLIPConfig
 from vita_clip.checkpoints.io import load_state_dict_checked
 from vita_clip.checkpoints.original import convert_vita_state_dict
 from vita_clip.data import decode_dali
-from vita_clip.data.decode_cpu import VideoReader
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor, floor: float = 0.0) -> float:
@@ -169,16 +169,31 @@ EXPECTED_REASONS = {
 
 
 def read_frames_dali(path: str | os.PathLike, indices, device: int | None = None) -> torch.Tensor:
-    """Decode the frames at ``indices`` of one file with DALI: uint8 ``(N, H, W, 3)``, on the
-    GPU ``device``, or on the CPU when ``device`` is ``None`` (VP8/VP9/MJPEG only)."""
-    path = str(path)
-    with VideoReader(path) as reader:
-        decode_dali._check_codec(path, reader.index.codec, device)
-    pipeline = decode_dali._build_pipeline(1, device, 1)
-    pipeline.feed_input("encoded", [np.fromfile(path, dtype=np.uint8)])
-    pipeline.feed_input("frames", [np.asarray(indices, dtype=np.int32).reshape(-1)])
-    (output,) = pipeline.run()
-    return torch.from_dlpack(output[0]).clone()  # the pipeline and its buffers go away
+    """Decode the frames at ``indices`` of one file with DALI: uint8 ``(N, H, W, 3)``, upright, on
+    the GPU ``device``, or on the CPU when ``device`` is ``None`` (VP8/VP9/MJPEG only)."""
+    return decode_dali.DaliDecoder(None, batch_size=1, device=device, num_threads=1).decode_frames(path, indices)
+
+
+def finishes_within(seconds: float, function, *args):
+    """``function(*args)`` run in a thread: its result (or its exception), or ``TimeoutError`` if it
+    has not returned after ``seconds``: a hang. (A thread, not SIGALRM: a hang inside a C call,
+    e.g. waiting on DALI, never returns to Python to see the signal.)"""
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["result"] = function(*args)
+        except BaseException as e:  # noqa: BLE001 - raised again below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"{getattr(function, '__name__', function)}: no result after {seconds} s (a hang)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def exit_code(main, *args) -> int:

@@ -14,13 +14,14 @@ import argparse
 import contextlib
 import sys
 
-from .data.errors import VideoDataError
+from .data.errors import DecoderUnavailable, VideoDataError
 from .errors import CheckpointMismatchError, PretrainedWeightsUnavailable
 
 # What a user can cause and fix: bad values, missing or unreadable files, checkpoints that do
-# not fit, weights that are not available offline. Anything else is a bug and keeps its traceback.
+# not fit, weights that are not available offline, a decoder this machine lacks. Anything else
+# is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
-               CheckpointMismatchError, PretrainedWeightsUnavailable, VideoDataError)
+               CheckpointMismatchError, PretrainedWeightsUnavailable, VideoDataError, DecoderUnavailable)
 EXIT_USER_ERROR = 2
 
 

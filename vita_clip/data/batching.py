@@ -1,8 +1,9 @@
 """Batches of a dataset from either decoding backend: the one place that chooses between them.
 
 * ``cpu``: a torch ``DataLoader`` over the dataset (PyAV decoding in the workers);
-* ``dali``: :class:`~vita_clip.data.decode_dali.DaliDecoder` decodes each batch in the main
-  process, on the GPU when there is one; the same transforms then run where the frames are.
+* ``dali``: :class:`~vita_clip.data.decode_dali.DaliDecoder` decodes in the main process, on
+  the GPU when there is one, a few batches ahead of the one in use; the same transforms then run
+  where the frames are.
 
 Both take lists of ``(index, epoch)`` keys and yield the same collated batches::
 
@@ -11,12 +12,15 @@ Both take lists of ``(index, epoch)`` keys and yield the same collated batches::
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader
 
-from .errors import SkippedSample
+from .errors import DecoderUnavailable, SkippedSample
+
+logger = logging.getLogger(__name__)
 
 
 def collate_clips(samples: list[dict | SkippedSample]) -> dict:
@@ -50,24 +54,26 @@ def resolve_backend(backend: str) -> str:
 
 
 class DaliBatches:
-    """Collated batches decoded by DALI for the key lists of ``batch_sampler``."""
+    """Collated batches decoded by DALI for the key lists of ``batch_sampler``, ``prefetch``
+    batches decoding ahead of the one in use (see :meth:`DaliDecoder.stream`)."""
 
     def __init__(self, dataset, batch_sampler: Iterable[list[tuple[int, int]]], batch_size: int,
-                 device: int | None):
-        from .decode_dali import DaliDecoder  # DALI is an optional dependency
+                 device: int | None, prefetch: int | None = None):
+        from .decode_dali import PREFETCH, DaliDecoder  # DALI is an optional dependency
 
         self.batch_sampler = batch_sampler
-        self.decoder = DaliDecoder(dataset, batch_size=batch_size, device=device)
+        self.decoder = DaliDecoder(dataset, batch_size=batch_size, device=device, prefetch=prefetch or PREFETCH)
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
     def __iter__(self) -> Iterator[dict]:
-        for keys in self.batch_sampler:
-            samples = []
-            for epoch in sorted({e for _, e in keys}):  # DALI decodes one epoch per call
-                samples += self.decoder.decode_samples([i for i, e in keys if e == epoch], epoch)
-            yield collate_clips(samples)
+        stream = self.decoder.stream(self.batch_sampler)
+        try:
+            for samples in stream:
+                yield collate_clips(samples)
+        finally:
+            stream.close()  # at once, not when collected: stops the decoding ahead
 
 
 def batch_stream(dataset, batch_sampler: Iterable[list[tuple[int, int]]], batch_size: int, *,
@@ -78,15 +84,23 @@ def batch_stream(dataset, batch_sampler: Iterable[list[tuple[int, int]]], batch_
     (at most ``batch_size`` keys each), decoded by ``backend`` (default: the dataset config's).
 
     ``num_workers``, ``pin_memory``, ``persistent_workers``, ``prefetch_factor``: as for
-    ``DataLoader`` (CPU backend only). ``device``: DALI backend: CUDA device index, ``-1`` for
-    the current one (``None`` without CUDA: DALI's CPU decoder)."""
-    backend = resolve_backend(backend or dataset.config.backend)
+    ``DataLoader`` (CPU backend only; for DALI ``prefetch_factor`` is the number of batches
+    decoded ahead, default 2). ``device``: DALI backend: CUDA device index, ``-1`` for the current
+    one (``None`` without CUDA: DALI's CPU decoder)."""
+    asked = backend or dataset.config.backend
+    backend = resolve_backend(asked)
+    if backend == "dali":
+        if device == -1:
+            device = torch.cuda.current_device() if torch.cuda.is_available() else None
+        try:
+            return DaliBatches(dataset, batch_sampler, batch_size, device, prefetch_factor)
+        except DecoderUnavailable as e:
+            if asked != "auto":
+                raise
+            logger.warning("backend 'auto': %s; decoding with the CPU backend instead", e)
+            backend = "cpu"
     if backend == "cpu":
         return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=collate_clips,
                           pin_memory=pin_memory, persistent_workers=persistent_workers and num_workers > 0,
                           prefetch_factor=prefetch_factor if num_workers > 0 else None)
-    if backend == "dali":
-        if device == -1:
-            device = torch.cuda.current_device() if torch.cuda.is_available() else None
-        return DaliBatches(dataset, batch_sampler, batch_size, device)
     raise ValueError(f"backend must be 'cpu', 'dali' or 'auto', got {backend!r}")

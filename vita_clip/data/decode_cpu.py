@@ -372,8 +372,12 @@ class VideoReader:
 
     def _convert(self, frame: av.VideoFrame) -> np.ndarray:
         rgb = frame_to_rgb(frame)
-        turns = round(frame.rotation / 90) % 4 if frame.rotation else self._rotate_tag
+        turns = self.display_turns(frame)
         return np.rot90(rgb, turns) if turns else rgb
+
+    def display_turns(self, frame: av.VideoFrame) -> int:
+        """Quarter turns (counter-clockwise, as ``np.rot90``) that show ``frame`` of this video upright."""
+        return round(frame.rotation / 90) % 4 if frame.rotation else self._rotate_tag
 
     @property
     def _rotate_tag(self) -> int:

@@ -72,3 +72,8 @@ def format_skip_report(skipped: list[SkippedSample], title: str = "skipped") -> 
     lines = [f"{title}: {len(skipped)}"]
     lines += [f"  - {item}" for item in skipped]
     return "\n".join(lines)
+
+
+class DecoderUnavailable(RuntimeError):
+    """The decoding backend asked for cannot run on this machine (DALI not installed, no GPU or
+    no NVDEC); the message names the option that chooses another one."""

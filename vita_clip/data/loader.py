@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
 
 from .batching import batch_stream, resolve_backend
 from .dataset import VideoDataset
@@ -91,6 +91,7 @@ class VideoLoader:
                                      backend=self.backend, num_workers=num_workers, pin_memory=pin_memory,
                                      persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,
                                      device=device)
+        self.backend = "cpu" if isinstance(self._batches, DataLoader) else "dali"  # "auto" may fall back to cpu
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch``: new random clips, a new shuffle order, a fresh skip list."""
@@ -122,6 +123,9 @@ class VideoLoader:
             shutdown = getattr(batches, "_shutdown_workers", None)
             if shutdown is not None and not self._batches.persistent_workers:
                 shutdown()
+            close = getattr(batches, "close", None)  # DALI's batches: stop decoding ahead now
+            if close is not None:
+                close()
         if self.skipped:
             logger.warning(format_skip_report(self.skipped, f"epoch {self.epoch}: videos skipped"))
         if self.odd:

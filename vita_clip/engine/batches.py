@@ -47,7 +47,12 @@ class StepBatches:
 
     def __iter__(self) -> Iterator[tuple[int, list[dict], list[SkippedSample]]]:
         batches = iter(self.batches)
-        for step in range(self.steps.start, self.steps.total):
-            micro = [next(batches) for _ in range(self.micro.micro_per_step)]
-            skipped = [s for b in micro for s in b["skipped"]]
-            yield step, [b for b in micro if b["video"] is not None], skipped
+        try:
+            for step in range(self.steps.start, self.steps.total):
+                micro = [next(batches) for _ in range(self.micro.micro_per_step)]
+                skipped = [s for b in micro for s in b["skipped"]]
+                yield step, [b for b in micro if b["video"] is not None], skipped
+        finally:
+            close = getattr(batches, "close", None)  # DALI's batches: stop decoding ahead now
+            if close is not None:
+                close()
