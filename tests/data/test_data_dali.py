@@ -170,7 +170,9 @@ def test_dali_keeps_the_order_and_the_frames_of_every_epoch(folder):
 
 
 def test_stopping_early_or_on_an_error_ends_the_feeder(folder, tmp_path):
-    dataset = scenes(folder)
+    lines = [f"{folder / f'scene{k}.webm'} {k}\n" for k in range(4)]
+    (tmp_path / "long.txt").write_text("".join(lines * 4))  # the feeder is still busy at the break
+    dataset = VideoDataset(tmp_path / "long.txt", train=False, config=scenes(folder).config)
     loader = VideoLoader(dataset, batch_size=1, backend="dali", device=None)
 
     def first_batch():
@@ -179,7 +181,6 @@ def test_stopping_early_or_on_an_error_ends_the_feeder(folder, tmp_path):
 
     assert finishes_within(DEADLINE_S, first_batch) == [0]
     assert feeders_alive() == 0  # closed at the break, not left to the garbage collector
-    lines = [f"{folder / f'scene{k}.webm'} {k}\n" for k in range(4)]
     (tmp_path / "list.txt").write_text("".join(lines[:3]) + f"{tmp_path / 'missing.webm'} 0\n" + lines[3])
     strict = VideoDataset(tmp_path / "list.txt", train=False, config=dataclasses.replace(dataset.config, on_error="raise"))
     seen = []
