@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("nvidia.dali")
 
-from helpers_video_corpus import CorpusClip, write_clip  # noqa: E402
+from helpers_video_corpus import X264_BFRAMES, X265, CorpusClip, write_clip  # noqa: E402
 
 from helpers import EXPECTED_REASONS, finishes_within, make_bad_files, read_frames_dali  # noqa: E402
 from vita_clip.cli import user_errors  # noqa: E402
@@ -227,3 +227,39 @@ def test_asking_for_the_gpu_decoder_without_one_fails_at_once_in_one_line(folder
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("train: error: DALI cannot decode videos on GPU 0") and err.count("\n") == 1
+
+
+# -- on a GPU (make gpu-check): NVDEC through DALI's mixed decoder
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+GPU_CLIPS = [
+    CorpusClip("h264_bframes_cfr.mp4", "libx264", options=X264_BFRAMES),
+    CorpusClip("h264_bframes_vfr.mp4", "libx264", rate="vfr", num_frames=60, options=X264_BFRAMES),
+    CorpusClip("h264_rotated_90.mp4", "libx264", rotation=90, options=X264_BFRAMES),
+    CorpusClip("hevc_bframes.mp4", "libx265", options=X265),
+    CorpusClip("vp9.webm", "libvpx-vp9", options={"deadline": "realtime", "cpu-used": "8"}),
+]
+
+
+@needs_gpu
+@pytest.mark.parametrize("clip", GPU_CLIPS, ids=[c.name for c in GPU_CLIPS])
+def test_dali_gpu_decodes_the_frames_the_cpu_decoder_decodes(tmp_path, clip):
+    path = write_clip(tmp_path, clip)
+    indices = [0, clip.num_frames - 1, 17, 17, 3, clip.num_frames // 2]
+    dali = finishes_within(DEADLINE_S, read_frames_dali, path, indices, 0)
+    assert dali.is_cuda and dali.dtype == torch.uint8
+    dali = dali.cpu().numpy()
+    cpu = read_frames(path, indices)
+    assert read_index_pattern(dali).tolist() == indices, f"{clip.name}: DALI's GPU decoder numbers frames differently"
+    # NVDEC output converted by DALI's kernel, the CPU's by swscale with bilinear chroma: a level or two
+    assert np.abs(dali.astype(int) - cpu.astype(int)).max() <= 2
+
+
+@needs_gpu
+def test_the_loader_on_the_gpu_gives_the_batches_of_the_cpu_backend(folder):
+    dataset = scenes(folder, train=True)
+    cpu = VideoLoader(dataset, batch_size=2, backend="cpu")
+    gpu = VideoLoader(dataset, batch_size=2, backend="dali", device=0)
+    for a, b in zip(cpu, finishes_within(DEADLINE_S, list, gpu), strict=True):
+        assert b["video"].is_cuda and torch.equal(a["index"], b["index"])
+        assert (a["video"] - b["video"].cpu()).abs().max() < 2.5 / 255 / 0.26

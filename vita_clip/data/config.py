@@ -25,8 +25,9 @@ class ClipRecipe:
         transform: crops, augmentation, normalisation (default: Vita-CLIP's).
         on_error: ``"skip"`` (default: leave bad videos out and report them) or ``"raise"``.
         backend: ``"cpu"`` (PyAV in DataLoader workers), ``"dali"`` (NVIDIA DALI; GPU decoding
-            when CUDA is present, else DALI's CPU decoder, which reads VP8/VP9/MJPEG only) or
-            ``"auto"`` (DALI when CUDA and DALI are available, else CPU).
+            when CUDA is present, else DALI's CPU decoder, which reads VP8/VP9/MJPEG only; videos
+            DALI cannot read go to the CPU decoder) or ``"auto"`` (DALI when CUDA, DALI and NVDEC
+            are usable, else CPU).
     """
 
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
