@@ -100,7 +100,7 @@ class _Job:
     turns: int
     notes: list[str]
     data: np.ndarray | None = None  # the file's bytes, for DALI
-    frames: torch.Tensor | None = None  # uint8 (views * T, H, W, 3), once decoded
+    frames: torch.Tensor | VideoDataError | None = None  # uint8 (views * T, H, W, 3) once decoded, or why not
 
 
 @dataclass
@@ -113,7 +113,8 @@ class _Batch:
 
     @property
     def dali_jobs(self) -> list[_Job]:
-        return [job for job in self.jobs if job.frames is None]
+        """The jobs DALI decodes (the others were decoded on the CPU while being prepared)."""
+        return [job for job in self.jobs if job.data is not None]
 
 
 _END = object()
@@ -126,7 +127,6 @@ class _Feeder:
         self._prepare, self._keys = prepare, key_batches
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self.prepared = 0  # batches prepared so far
         self._thread = threading.Thread(target=self._run, name="vita-clip-dali-feeder", daemon=True)
         self._thread.start()
 
@@ -145,7 +145,6 @@ class _Feeder:
                 if self._stop.is_set():
                     return
                 batch = self._prepare(keys)
-                self.prepared += 1
                 if not self._put(batch) or batch.error is not None:
                     return
         except BaseException as e:  # noqa: BLE001 - raised again in the consumer, at this batch
@@ -219,9 +218,15 @@ def _tiny_h264_clip() -> bytes:
     return buffer.getvalue()
 
 
+_GPUS_CHECKED: set[int] = set()
+
+
 def check_gpu_decoding(device: int, num_threads: int = 1) -> None:
-    """Decode a tiny generated H.264 clip with DALI's GPU decoder (NVDEC) on ``device``; raise
-    :class:`DecoderUnavailable` (one line, naming the fix) if that cannot be done here."""
+    """Decode a tiny generated H.264 clip with DALI's GPU decoder (NVDEC) on ``device`` (once per
+    process and device); raise :class:`DecoderUnavailable` (one line, naming the fix) if that
+    cannot be done here."""
+    if device in _GPUS_CHECKED:
+        return
     fix = "use data.backend=cpu (PyAV decoding in DataLoader workers)"
     try:
         pipeline = _build_pipeline(1, device, num_threads)
@@ -235,6 +240,7 @@ def check_gpu_decoding(device: int, num_threads: int = 1) -> None:
     if shape != (2, 64, 64, 3):
         raise DecoderUnavailable(f"DALI's GPU decoder on GPU {device} returned frames of shape {shape} for a "
                                  f"64x64 test clip (expected (2, 64, 64, 3)); {fix}")
+    _GPUS_CHECKED.add(device)
 
 
 class DaliDecoder:
