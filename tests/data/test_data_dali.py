@@ -263,3 +263,12 @@ def test_the_loader_on_the_gpu_gives_the_batches_of_the_cpu_backend(folder):
     for a, b in zip(cpu, finishes_within(DEADLINE_S, list, gpu), strict=True):
         assert b["video"].is_cuda and torch.equal(a["index"], b["index"])
         assert (a["video"] - b["video"].cpu()).abs().max() < 2.5 / 255 / 0.26
+
+
+def test_odd_videos_are_listed_like_on_the_cpu(folder):
+    dataset = scenes(folder)
+    dataset.config = dataclasses.replace(dataset.config, sampling=SamplingConfig(num_frames=16, stride=2))  # 32 > 24, 28
+    cpu = VideoLoader(dataset, batch_size=2, backend="cpu")
+    dali = VideoLoader(dataset, batch_size=2, backend="dali", device=None)
+    list(cpu), finishes_within(DEADLINE_S, list, dali)
+    assert len(cpu.odd) == 2 and [str(o) for o in dali.odd] == [str(o) for o in cpu.odd]
