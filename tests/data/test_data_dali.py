@@ -2,6 +2,7 @@
 the consumer into tensors torch owns, turns rotated clips upright, falls back to the CPU decoder
 per video, stops cleanly, and refuses a GPU decoder it cannot use with one line."""
 import dataclasses
+import io
 import threading
 
 import numpy as np
@@ -14,7 +15,17 @@ from helpers_video_corpus import X264_BFRAMES, X265, CorpusClip, write_clip  # n
 
 from helpers import EXPECTED_REASONS, finishes_within, make_bad_files, read_frames_dali  # noqa: E402
 from vita_clip.cli import user_errors  # noqa: E402
-from vita_clip.data import DataConfig, SamplingConfig, TransformConfig, VideoDataError, VideoDataset, VideoLoader, read_frames  # noqa: E402
+from vita_clip.data import (  # noqa: E402
+    DataConfig,
+    SamplingConfig,
+    TransformConfig,
+    VideoDataError,
+    VideoDataset,
+    VideoLoader,
+    VideoReader,
+    decode_dali,
+    read_frames,
+)
 from vita_clip.data.decode_dali import DaliDecoder  # noqa: E402
 from vita_clip.data.errors import DecoderUnavailable  # noqa: E402
 from vita_clip.demo.dataset import index_pattern_frames, read_index_pattern, render_clip, write_video  # noqa: E402
@@ -227,6 +238,31 @@ def test_asking_for_the_gpu_decoder_without_one_fails_at_once_in_one_line(folder
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("train: error: DALI cannot decode videos on GPU 0") and err.count("\n") == 1
+
+
+def test_the_start_up_check_accepts_the_test_clip_and_refuses_wrong_frames(monkeypatch):
+    with VideoReader(io.BytesIO(decode_dali._tiny_h264_clip()), name="test clip") as reader:
+        right = torch.from_numpy(reader.read([0, 3]))  # what a working decoder returns
+
+    class Pipeline:  # stands in for DALI's GPU pipeline
+        def __init__(self, frames):
+            self.frames = frames
+
+        def feed_input(self, name, data):
+            pass
+
+        def run(self):
+            return ([self.frames],)
+
+    monkeypatch.setattr(decode_dali, "_GPUS_CHECKED", set())
+    for frames, ok in [(right, True), (right.flip(0), False), (right[:, :32], False)]:
+        monkeypatch.setattr(decode_dali, "_build_pipeline", lambda *args, frames=frames: Pipeline(frames))
+        if ok:
+            decode_dali.check_gpu_decoding(5)
+            assert 5 in decode_dali._GPUS_CHECKED
+        else:
+            with pytest.raises(DecoderUnavailable, match="^DALI's GPU decoder on GPU 6 decodes a 64x64 test clip wrongly"):
+                decode_dali.check_gpu_decoding(6)
 
 
 # -- on a GPU (make gpu-check): NVDEC through DALI's mixed decoder

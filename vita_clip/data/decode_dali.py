@@ -65,7 +65,7 @@ def _check_codec(path: str, codec: str, device: int | None) -> None:
     if codec not in dali_codecs(device):
         where = "CPU decoder" if device is None else "GPU decoder"
         raise VideoDataError(path, f"DALI's {where} cannot decode {codec} (only {', '.join(dali_codecs(device))}): "
-                             "use backend='cpu'" + (" or a GPU" if device is None else ""))
+                             "use data.backend=cpu" + (" or a GPU" if device is None else ""))
 
 
 def _dali_error_detail(error: BaseException) -> str:
@@ -233,13 +233,16 @@ def check_gpu_decoding(device: int, num_threads: int = 1) -> None:
         pipeline.feed_input("encoded", [np.frombuffer(_tiny_h264_clip(), dtype=np.uint8)])
         pipeline.feed_input("frames", [np.array([0, 3], dtype=np.int32)])
         (output,) = pipeline.run()
-        shape = tuple(_owned_frames(output[0], 0).shape)
-    except RuntimeError as e:
+        frames = _owned_frames(output[0], 0).cpu()
+    except Exception as e:  # noqa: BLE001 - whatever DALI raises, GPU decoding does not work here
         raise DecoderUnavailable(f"DALI cannot decode videos on GPU {device} (NVDEC): {_dali_error_detail(e)}; "
                                  f"{fix}") from None
-    if shape != (2, 64, 64, 3):
-        raise DecoderUnavailable(f"DALI's GPU decoder on GPU {device} returned frames of shape {shape} for a "
-                                 f"64x64 test clip (expected (2, 64, 64, 3)); {fix}")
+    # frames 0 and 3 are flat grey levels 0 and 120 (the CPU decoder reads exactly those)
+    levels = frames.reshape(frames.shape[0], -1).float().mean(1).tolist() if frames.ndim == 4 else []
+    if tuple(frames.shape) != (2, 64, 64, 3) or abs(levels[0]) > 8 or abs(levels[1] - 120) > 8:
+        raise DecoderUnavailable(f"DALI's GPU decoder on GPU {device} decodes a 64x64 test clip wrongly (frames "
+                                 f"{tuple(frames.shape)}, mean levels {[round(v) for v in levels]}, expected "
+                                 f"(2, 64, 64, 3) at [0, 120]); {fix}")
     _GPUS_CHECKED.add(device)
 
 
