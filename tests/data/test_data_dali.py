@@ -23,6 +23,7 @@ from vita_clip.data import (  # noqa: E402
     VideoDataset,
     VideoLoader,
     VideoReader,
+    batching,
     decode_dali,
     read_frames,
 )
@@ -238,6 +239,13 @@ def test_asking_for_the_gpu_decoder_without_one_fails_at_once_in_one_line(folder
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("train: error: DALI cannot decode videos on GPU 0") and err.count("\n") == 1
+
+
+def test_auto_uses_the_cpu_backend_when_the_gpu_decoder_fails(folder, monkeypatch, caplog):
+    monkeypatch.setattr(batching, "resolve_backend", lambda backend: "dali")  # as on a GPU machine with DALI
+    loader = finishes_within(DEADLINE_S, lambda: VideoLoader(scenes(folder), batch_size=2, backend="auto", device=0))
+    assert loader.backend == "cpu" and "backend 'auto': DALI cannot decode videos on GPU 0" in caplog.text
+    assert [b["index"].tolist() for b in loader] == [[0, 1], [2, 3]]
 
 
 def test_the_start_up_check_accepts_the_test_clip_and_refuses_wrong_frames(monkeypatch):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
 
-from .batching import batch_stream, resolve_backend
+from .batching import batch_stream
 from .dataset import VideoDataset
 from .errors import SkippedSample, format_skip_report
 
@@ -52,7 +52,8 @@ class VideoLoader:
         drop_last: drop the last incomplete batch (default: ``dataset.train``).
         num_workers, pin_memory, persistent_workers, prefetch_factor: as for ``DataLoader``
             (CPU backend only).
-        backend: ``"cpu"``, ``"dali"`` or ``"auto"``.
+        backend: ``"cpu"``, ``"dali"`` or ``"auto"`` (DALI when CUDA, DALI and NVDEC work, else
+            CPU); :attr:`backend` says which one is used.
         device: DALI backend: CUDA device index (default: the current one); ``None`` on machines
             without CUDA (DALI's CPU decoder).
 
@@ -72,7 +73,6 @@ class VideoLoader:
                  backend: str | None = None, device: int | None = -1):
         self.dataset = dataset
         self.batch_size = batch_size
-        self.backend = resolve_backend(backend or dataset.config.backend)
         self.epoch = 0
         self.skipped: list[SkippedSample] = []
         self.odd: list[SkippedSample] = []  # videos used although something is odd about them
@@ -88,10 +88,10 @@ class VideoLoader:
         # collector, whose shutdown of them waits for timeouts
         self._keys = _WithEpoch(sampler)
         self._batches = batch_stream(dataset, BatchSampler(self._keys, batch_size, drop_last), batch_size,
-                                     backend=self.backend, num_workers=num_workers, pin_memory=pin_memory,
+                                     backend=backend, num_workers=num_workers, pin_memory=pin_memory,
                                      persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,
                                      device=device)
-        self.backend = "cpu" if isinstance(self._batches, DataLoader) else "dali"  # "auto" may fall back to cpu
+        self.backend = "cpu" if isinstance(self._batches, DataLoader) else "dali"  # what "auto" chose
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch``: new random clips, a new shuffle order, a fresh skip list."""
