@@ -276,7 +276,7 @@ def test_summary_attention_kernels_match_float64_reference(device, videos, frame
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float16, 2e-3)],
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 8e-3), (torch.float16, 1e-3)],
                          ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("videos, frames, heads, head_dim", [(3, 3, 2, 64), (2, 8, 3, 16), (1, 16, 1, 80),
                                                              (1, 64, 1, 128)])
