@@ -27,7 +27,8 @@ Triton kernels (the attention of all videos and heads in one launch):
   the composite). Every tile is converted to float32 after its load: the softmax and every dot
   accumulate in float32; float32 dots use TF32 when torch's CUDA matmuls may
   (``torch.backends.cuda.matmul.fp32_precision``), IEEE float32 otherwise; 16-bit inputs use
-  TF32 (exact for them: TF32 keeps fp16's 10 mantissa bits).
+  TF32 (exact for the loaded tiles: TF32 keeps fp16's 10 mantissa bits; ``P`` is rounded to
+  them, below the rounding of the 16-bit output).
 * limits: T <= 64 frames (padded to >= 16, tl.dot's smallest tile), head dim <= 128 (every
   CLIP ViT: 64 for B and L, 80 for H), any width (checked by compiling for sm_90 ahead of
   time, ``kernels/_aot.py``).
