@@ -4,8 +4,8 @@
    leaves ``TRITON_INTERPRET`` unset, so the parametrised kernel tests take their CUDA cases and
    the ``*_gpu`` / ``*_on_cuda`` tests run);
 2. the GPU benchmarks: ``benchmarks/test_gpu.py`` (attention vs SDPA at 197/214/257 tokens, ViT-B/16
-   inference batch 1/8/32 and a training step, bfloat16) and the CUDA cases of
-   ``benchmarks/test_model_forward.py``;
+   inference batch 1/8/32, a training step, the summary attention op vs its eager module, bfloat16)
+   and the CUDA cases of ``benchmarks/test_model_forward.py``;
 3. writes ``benchmarks/results/gpu_check.md`` (``--out``): device, versions, test summary and the
    benchmark tables with their ratios.
 

@@ -6,7 +6,10 @@
 * inference: frozen CLIP image tower vs Vita-CLIP eager vs fused, ViT-B/16 8x224, batch 1 / 8 / 32
   (``VITA_GPU_BATCHES``), and the eager model under ``torch.compile``;
 * training step (forward + backward + AdamW on the trainable parameters): eager vs fused,
-  ViT-B/16 8x224, batch 8.
+  ViT-B/16 8x224, batch 8;
+* summary attention microbenchmark: the fused op (LayerNorm and projections as cuBLAS GEMMs, the
+  attention over the frames one Triton kernel) against the eager module, one ViT-B/16 layer
+  (768 wide, 12 heads), 8 frames, batch 1 / 8 / 32, forward and forward + backward.
 
 Times are CUDA-event medians after warm-up; ratios only between values of the same run.
 """
@@ -154,3 +157,42 @@ def test_training_step_b16(once, batch):
     for name, values in results.items():
         record(group, name, "time", statistics.median(values), "s", values=values, device="cuda")
     report_ratio(group, "vita-eager", "vita-fused", goal=">= 1.3")
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_summary_attention_vs_eager(once, batch):
+    from open_clip.transformer import LayerNorm
+
+    from vita_clip.kernels.summary_attention import summary_attention
+    from vita_clip.models.vita_vision import SummaryAttention
+
+    frames, width, heads = 8, 768, 12
+    torch.manual_seed(0)
+    ln, attn = LayerNorm(width).cuda(), SummaryAttention(width, heads).cuda()
+    c = torch.randn(batch, frames, width, device="cuda", requires_grad=True)
+    grad = torch.randn(batch, frames, width, device="cuda", dtype=DTYPE)
+
+    def ours():
+        return summary_attention(c.to(DTYPE), ln.weight, ln.bias, attn.q_proj.weight, attn.q_proj.bias,
+                                 attn.k_proj.weight, attn.k_proj.bias, attn.v_proj.weight, attn.v_proj.bias,
+                                 attn.out_proj.weight, attn.out_proj.bias, heads, ln.eps)
+
+    def eager():
+        x = c.to(DTYPE)
+        return x + attn(ln(x))
+
+    group = f"summary attention b16 layer, {batch}x8 frames, bf16, cuda"
+    results = {}
+
+    def run():
+        with torch.autocast("cuda", dtype=DTYPE):
+            for name, fn in (("summary-op", ours), ("eager-module", eager)):
+                with torch.no_grad():
+                    results[(name, "forward")] = cuda_times(fn)
+                results[(name, "forward+backward")] = cuda_times(lambda fn=fn: fn().backward(grad))
+
+    once(group, run)
+    for (name, metric), values in results.items():
+        record(group, name, metric, statistics.median(values), "s", values=values, device="cuda")
+    for metric in ("forward", "forward+backward"):
+        report_ratio(group, "summary-op", "eager-module", metric=metric, goal="<= 1")

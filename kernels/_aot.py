@@ -148,7 +148,6 @@ def model_cases(frames_list=(8,), models=tuple(MODELS)) -> list[tuple]:
 # The largest shapes the launchers admit: what their limits must be checked against.
 LIMIT_CASES = [
     ("limit: head dim 128, 64 frames", 1024, 8, 257, 64),
-    ("limit: summary head dim 256, 32 frames", 1024, 4, 17, 32),  # prompt attention refuses head dim 256
 ]
 
 
