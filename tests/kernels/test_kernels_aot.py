@@ -4,9 +4,10 @@ launchers choose, without a GPU (``vita_clip.kernels._aot``; Triton ships ptxas)
 The compile runs in a subprocess without ``TRITON_INTERPRET`` (``conftest.py`` sets it for this
 process, and interpreted kernels cannot be compiled). By default: ViT-B/16 (768 wide, 12 heads,
 197 tokens) and ViT-L/14 (1024, 16 heads, 257 tokens) with 8-frame clips, in float32 (IEEE and
-TF32 dots), bfloat16 and float16 under autocast (float32 summary parameters): about 45
-specialisations, ~1 min of CPU. ``VITA_CLIP_AOT_FULL=1`` adds 16-frame clips and the largest
-shapes the launchers admit (another ~3 min on 2 cores).
+TF32 dots), bfloat16 and float16 under autocast (float32 summary parameters), the prompt-attention
+kernels in every config of their space: about 95 specialisations, ~3.5 min of CPU with an empty
+Triton cache. ``VITA_CLIP_AOT_FULL=1`` adds 16-frame clips and the largest shapes the launchers
+admit (several more minutes on 2 cores).
 """
 from __future__ import annotations
 

@@ -245,6 +245,24 @@ def test_prompt_attention_kernels_bfloat16_gpu(shape):
 
 @needs_triton
 @needs_cuda
+@pytest.mark.parametrize("precision, tol, grad_tol", [("ieee", 1e-5, 1e-4), ("tf32", 2e-3, 5e-3)])
+def test_prompt_attention_autotuned_float32_gpu(precision, tol, grad_tol, monkeypatch):
+    """VITA_CLIP_AUTOTUNE=1 times each kernel's config space once per shape; IEEE and TF32 dots."""
+    monkeypatch.setenv("VITA_CLIP_AUTOTUNE", "1")
+    monkeypatch.setattr(_launch, "_tuned", {})
+    monkeypatch.setattr(torch.backends.cuda.matmul, "fp32_precision", precision)
+    t64 = prompt_tensors(2, 8, 197, 2, 64, True, 8, True, seed=9, device="cuda")
+    grad = randn(t64["q"].shape, 10, "cuda")
+    ref, _, ref_grads = reference_with_grads(t64, grad)
+    out, _, grads = run_prompt_kernels(packed_views({n: x.float() if x is not None else None for n, x in t64.items()}),
+                                       grad.float())
+    assert len(_launch._tuned) == 3 and rel_err(out, ref) <= tol
+    for name, g in ref_grads.items():
+        assert rel_err(grads[name], g) <= grad_tol, name
+
+
+@needs_triton
+@needs_cuda
 def test_prompt_attention_op_dispatches_to_the_kernels_on_cuda():
     t = {n: x.float() if x is not None else None
          for n, x in prompt_tensors(2, 3, 17, 2, 32, True, 3, True, seed=5, device="cuda").items()}
