@@ -113,3 +113,13 @@ def test_launch_tuned_uses_one_config_in_the_interpreter(monkeypatch):
     monkeypatch.setattr(_launch, "_time_ms", lambda fn: pytest.fail("timed in the interpreter"))
     kernel = FakeKernel()
     assert _launch.launch_tuned(kernel, grid, CONFIGS, "key") == CONFIGS[0] and len(kernel.calls) == 1
+
+
+def test_launch_tuned_does_not_time_inside_a_cuda_graph_capture(monkeypatch):
+    monkeypatch.setattr(_launch, "interpreting", lambda: False)
+    monkeypatch.setenv("VITA_CLIP_AUTOTUNE", "1")
+    monkeypatch.setattr(_launch, "_tuned", {})
+    monkeypatch.setattr(_launch, "_capturing", lambda: True)
+    monkeypatch.setattr(_launch, "_time_ms", lambda fn: pytest.fail("timed during a capture"))
+    kernel = FakeKernel()
+    assert _launch.launch_tuned(kernel, grid, CONFIGS, "key") == CONFIGS[0] and not _launch._tuned
