@@ -31,6 +31,52 @@ def launch(kernel, grid, *args, **kwargs) -> None:
         kernel[grid](*args, **kwargs)
 
 
+def autotuning() -> bool:
+    """``VITA_CLIP_AUTOTUNE=1``: on CUDA, :func:`launch_tuned` times its candidate configs."""
+    return os.environ.get("VITA_CLIP_AUTOTUNE", "0").lower() in ("1", "true", "on")
+
+
+# (kernel name, launcher's key) -> the fastest config found by launch_tuned in this process
+_tuned: dict = {}
+
+
+def _time_ms(fn) -> float:
+    """Median milliseconds of ``fn`` on the current CUDA device (the tests swap in a fake clock)."""
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median")
+
+
+def _capturing() -> bool:
+    """Whether the current CUDA stream is capturing a graph."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def launch_tuned(kernel, grid, configs: list[dict], key, *args, **kwargs) -> dict:
+    """Launch ``kernel`` with one of ``configs`` (kwargs such as tile constexprs, ``num_warps``,
+    ``num_stages``; ``grid(config)`` is the grid) and return the config used.
+
+    ``configs[0]``, the launcher's deterministic default, unless autotuning on CUDA
+    (:func:`autotuning`): then each config is timed once per ``(kernel, key)`` and the fastest is
+    kept for the process (results then depend on timing: tile sizes change the summation order).
+    Timing reruns the kernel, so it must only write its outputs; a launch during a CUDA graph
+    capture is never timed (it takes the choice made so far, else the default). While
+    :func:`record_launches` is active every config is recorded, so ``_aot`` compiles each one the
+    launcher may pick."""
+    if _recorded is not None:
+        for config in configs:
+            launch(kernel, grid(config), *args, **kwargs, **config)
+        return configs[0]
+    config = configs[0]
+    if len(configs) > 1 and autotuning() and not interpreting():
+        name = (kernel.fn.__name__, key)
+        if name not in _tuned and not _capturing():
+            _tuned[name] = min(configs, key=lambda c: _time_ms(lambda: kernel[grid(c)](*args, **kwargs, **c)))
+        config = _tuned.get(name, config)
+    launch(kernel, grid(config), *args, **kwargs, **config)
+    return config
+
+
 @contextlib.contextmanager
 def record_launches():
     """Within the block the launchers record their launches (a list, yielded) instead of running

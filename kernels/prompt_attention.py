@@ -11,8 +11,9 @@ and each frame attends to keys/values coming from four sources:
 * its own summary token ``k_summary``           (F, H, d)
 
 ``out = softmax(q [k; k_local[b]; k_global; k_summary[f]]^T / sqrt(d)) [v; ...]`` with
-shape (F, H, L, d), plus the log-sum-exp of the scores (F, H, L, float32) for the backward.
-Any of the three prompt sources may be ``None``.
+shape (F, H, L, d) laid out as a contiguous (F, L, H, d) (``out.transpose(1, 2).reshape(F, L,
+H * d)``, ``out_proj``'s input, is a view), plus the log-sum-exp of the scores (F, H, L,
+float32) for the backward. Any of the three prompt sources may be ``None``.
 
 Implementations: on CPU the C++ kernel of ``csrc/prompt_attention.cpp`` (float32/float64/bfloat16; the
 same split-source online softmax, built as an optional extension, see ``_cpu_extension``) or
@@ -28,7 +29,7 @@ Triton kernels (what is fused, where it comes from, limits):
   (frame, head) and BLOCK_M queries, walks the frame's own K/V tiles, then the video's local
   prompts, the global prompts and the summary key, each read through its own pointer and
   strides (the concatenated sequence is never built; absent sources are compiled out);
-  writes ``out`` and ``lse``.
+  writes ``out`` (in out_proj's layout, see above) and ``lse``.
 * backward, two launches plus small reductions: (1) ``dq`` and ``delta = rowsum(dO * O)``
   per (frame, head, query block), looping over the four sources like the forward; (2) ``dk,
   dv``: programs ``0..cdiv(L, BLOCK_N)-1`` of a (frame, head) own one tile of its own keys,
@@ -44,9 +45,16 @@ Triton kernels (what is fused, where it comes from, limits):
   otherwise (then they match the reference to ~1e-6); 16-bit dots feed the tensor cores and
   accumulate in float32 like FlashAttention; the softmax statistics are float32 throughout. In
   Triton's interpreter bfloat16 tiles are upcast to float32 right after loading (``UPCAST``:
-  the interpreter's bfloat16 arithmetic is wrong). Block sizes come from a fixed heuristic (no
-  autotuning). Every specialisation the launchers pick for ViT-B/16 and ViT-L/14 is compiled for
-  sm_90 in CI (``_aot``, tests/kernels/test_kernels_aot.py).
+  the interpreter's bfloat16 arithmetic is wrong).
+* launch configs: each kernel has a small space of tile sizes, warps and stages per (dots,
+  head dim) (``_CONFIG_SPACE``), capped at the token and prompt counts. By default the launchers
+  take its first entry (deterministic); with ``VITA_CLIP_AUTOTUNE=1`` on CUDA they time the space
+  once per shape (tokens, head dim, prompt counts, dtype, float32 precision) and keep the fastest
+  (``_launch.launch_tuned``; results then vary with timing in the last bits). Every config of the
+  space at the ViT-B/16 and ViT-L/14 shapes is compiled for sm_90 in CI (``_aot``,
+  tests/kernels/test_kernels_aot.py): none spills or reaches 255 registers, all fit the shared
+  memory of an sm_90 CTA (at most ~112 KB, head dim 128), so every shape the launchers admit
+  compiles.
 * mixed precision: under autocast the op casts its inputs to the autocast dtype (see
   ``_register_autocast``); outside autocast the inputs must share one dtype.
 """
@@ -234,12 +242,13 @@ if triton is not None:
         vg_ptr,  # (H, M, d)
         ks_ptr,  # (F, H, d) summary key of each frame (unused unless HAS_SUMMARY)
         vs_ptr,  # (F, H, d)
-        out_ptr,  # (F, H, L, d) contiguous, q's dtype
+        out_ptr,  # (F, H, L, d) in q's dtype, strides so_* (the launcher's: a contiguous (F, L, H, d))
         lse_ptr,  # (F, H, L) contiguous, float32
         sq_f, sq_h, sq_l, sq_d, sk_f, sk_h, sk_l, sk_d, sv_f, sv_h, sv_l, sv_d,
         skl_b, skl_h, skl_n, skl_d, svl_b, svl_h, svl_n, svl_d,
         skg_h, skg_n, skg_d, svg_h, svg_n, svg_d,
         sks_f, sks_h, sks_d, svs_f, svs_h, svs_d,
+        so_f, so_h, so_l,  # out's last-dim stride is 1
         H, L, D, frames_per_video, n_local, n_global, sm_scale,
         HAS_LOCAL: tl.constexpr, HAS_GLOBAL: tl.constexpr, HAS_SUMMARY: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -282,10 +291,9 @@ if triton is not None:
             l_i = l_i * alpha + p
             acc = acc * alpha[:, None] + p[:, None] * vs[None, :]
             m_i = m_new
-        row = pid_fh * L + offs_m  # row of the contiguous (F*H*L, d) outputs
-        tl.store(out_ptr + row[:, None] * D + offs_d[None, :], (acc / l_i[:, None]).to(out_ptr.dtype.element_ty),
-                 mask=md_mask)
-        tl.store(lse_ptr + row, (m_i + tl.log2(l_i)) * 0.6931471805599453, mask=m_mask)  # * ln(2)
+        tl.store(out_ptr + f * so_f + h * so_h + offs_m[:, None] * so_l + offs_d[None, :],
+                 (acc / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=md_mask)
+        tl.store(lse_ptr + pid_fh * L + offs_m, (m_i + tl.log2(l_i)) * 0.6931471805599453, mask=m_mask)  # * ln(2)
 
     @triton.jit
     def _dq_source(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd, n_keys,
@@ -516,27 +524,62 @@ def _check_launch(tensors: dict) -> None:
         raise ValueError(f"prompt_attention: head_dim must be <= 128 for the Triton kernels, q is {tuple(q.shape)}")
 
 
-def _launch_config(q: Tensor, n_local: int, n_global: int, backward: bool = False) -> dict:
-    """Fixed tile heuristic (no autotuning), chosen so that no kernel spills registers when
-    compiled for sm_80/sm_90: power-of-two tiles >= 16 (tl.dot's smallest); float32 tiles are
-    small because "ieee" dots run on FMA units with large per-thread operand fragments."""
+# The config space of each kernel: (BLOCK_M, BLOCK_N, num_warps, num_stages) candidates keyed on
+# (kernel, dots, head-dim tile <= 64), dots "ieee" (float32 on FMA units), "tf32" (float32 on tensor
+# cores) or "16-bit". Every one is compiled for sm_90 by ``_aot`` (tests/kernels/test_kernels_aot.py
+# checks shared memory, spills and the 255-register cap). The first of each list is the launchers'
+# default, chosen from those numbers without a GPU to time them: the largest tiles that keep >= 12
+# warps resident per SM (by registers and shared memory) below the register cap; the others are
+# larger-tile or higher-occupancy alternatives for ``VITA_CLIP_AUTOTUNE=1``.
+_CONFIG_SPACE = {
+    ("fwd", "ieee", True): [(16, 32, 4, 2), (32, 32, 8, 2), (64, 32, 8, 2)],
+    ("fwd", "tf32", True): [(32, 32, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2)],
+    ("fwd", "16-bit", True): [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3)],
+    ("dq", "ieee", True): [(16, 16, 4, 2), (32, 16, 4, 2), (32, 32, 8, 2)],
+    ("dq", "tf32", True): [(32, 32, 4, 2), (16, 16, 4, 2), (64, 32, 4, 2)],
+    ("dq", "16-bit", True): [(64, 32, 4, 2), (32, 32, 4, 2), (64, 64, 8, 2)],
+    ("dkdv", "ieee", True): [(32, 32, 8, 2), (16, 16, 4, 2), (16, 32, 4, 2)],
+    ("dkdv", "tf32", True): [(32, 32, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2)],
+    ("dkdv", "16-bit", True): [(64, 32, 4, 2), (32, 64, 4, 2), (64, 64, 8, 2)],
+    ("fwd", "ieee", False): [(16, 16, 4, 2)],  # (16, 32): 255 registers with 32-wide prompt tiles
+    ("fwd", "tf32", False): [(32, 32, 4, 2), (64, 32, 8, 2)],
+    ("fwd", "16-bit", False): [(64, 32, 8, 3), (64, 64, 8, 3), (32, 32, 4, 3)],
+    ("dq", "ieee", False): [(16, 16, 4, 2), (16, 16, 8, 2)],
+    ("dq", "tf32", False): [(16, 16, 4, 2), (32, 32, 8, 2)],
+    ("dq", "16-bit", False): [(32, 32, 8, 2), (16, 32, 4, 2)],
+    ("dkdv", "ieee", False): [(16, 16, 4, 2)],
+    ("dkdv", "tf32", False): [(16, 16, 4, 2), (32, 32, 4, 2)],
+    ("dkdv", "16-bit", False): [(32, 32, 8, 2), (32, 32, 4, 2), (32, 64, 8, 2)],
+}
+
+
+def _launch_configs(kernel: str, q: Tensor, n_local: int, n_global: int) -> list[dict]:
+    """The candidate launch configs of ``kernel`` ("fwd", "dq" or "dkdv") for q's shape and dtype and
+    torch's float32 matmul setting, the default first: the entries of ``_CONFIG_SPACE`` with tiles
+    capped at the token (BLOCK_M, BLOCK_N) and prompt (BLOCK_P) counts, power-of-two >= 16 (tl.dot's
+    smallest); head dims pad to a power of two."""
     tokens, dim = q.shape[2], q.shape[3]
     block_d = max(16, triton.next_power_of_2(dim))
-    if q.dtype == torch.float32:
-        block_m = block_n = 32 if block_d <= 64 and not backward else 16
-        num_warps = 4
-    elif block_d <= 64:
-        block_m = block_n = 64
-        num_warps = 8 if backward else 4
-    else:
-        block_m, block_n = (32, 32) if backward else (64, 32)
-        num_warps = 8
+    precision = _launch.fp32_dot_precision() if q.dtype == torch.float32 else "tf32"  # ignored by 16-bit dots
+    dots = precision if q.dtype == torch.float32 else "16-bit"
     fit = max(16, triton.next_power_of_2(tokens))
-    return dict(BLOCK_M=min(block_m, fit), BLOCK_N=min(block_n, fit),
-                BLOCK_P=min(block_n, max(16, triton.next_power_of_2(max(n_local, n_global, 1)))),
-                BLOCK_D=block_d, PRECISION=_launch.fp32_dot_precision() if q.dtype == torch.float32 else "tf32",
-                UPCAST=_launch.upcast_loads(q.dtype), num_warps=num_warps,
-                num_stages=2 if q.dtype == torch.float32 or backward else 3)
+    prompts = max(16, triton.next_power_of_2(max(n_local, n_global, 1)))
+    configs = []
+    for block_m, block_n, num_warps, num_stages in _CONFIG_SPACE[(kernel, dots, block_d <= 64)]:
+        block_n = min(block_n, fit)
+        config = dict(BLOCK_M=min(block_m, fit), BLOCK_N=block_n, BLOCK_P=min(block_n, prompts), BLOCK_D=block_d,
+                      PRECISION=precision, UPCAST=_launch.upcast_loads(q.dtype), num_warps=num_warps,
+                      num_stages=num_stages)
+        if config not in configs:
+            configs.append(config)
+    return configs
+
+
+def _tuning_key(q: Tensor, sizes: dict) -> tuple:
+    """What :func:`_launch.launch_tuned` keeps one choice per: the shape (tokens, head dim, prompt
+    counts, sources), dtype and float32 dot precision."""
+    return (q.shape[2], q.shape[3], q.dtype, _launch.fp32_dot_precision(), sizes["n_local"], sizes["n_global"],
+            sizes["HAS_LOCAL"], sizes["HAS_GLOBAL"], sizes["HAS_SUMMARY"])
 
 
 def _source_args(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary) -> tuple[list, list, dict]:
@@ -562,24 +605,25 @@ def prompt_attention_forward(q: Tensor, k: Tensor, v: Tensor, k_local: Tensor | 
                              v_local: Tensor | None = None, k_global: Tensor | None = None,
                              v_global: Tensor | None = None, k_summary: Tensor | None = None,
                              v_summary: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Triton forward: ``(out (F, H, L, d) contiguous in q's dtype, lse (F, H, L) float32)``.
+    """Triton forward: ``(out (F, H, L, d) in q's dtype, lse (F, H, L) float32 contiguous)``.
 
-    Shapes as in the module docstring; any strides. One kernel launch.
+    Shapes as in the module docstring; inputs in any strides; ``out`` has the strides of a
+    contiguous (F, L, H, d). One kernel launch.
     """
     sources = (q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
     check_inputs(*sources)
     _check_launch(dict(zip(_NAMES, sources)))
     frames, heads, tokens, dim = q.shape
-    out = _launch.empty((frames, heads, tokens, dim), q.dtype, q.device)
+    out = _launch.empty((frames, tokens, heads, dim), q.dtype, q.device).transpose(1, 2)  # out_proj's layout
     lse = _launch.empty((frames, heads, tokens), torch.float32, q.device)
     if out.numel() == 0:
         return out, lse
     ptrs, strides, sizes = _source_args(*sources)
-    config = _launch_config(q, sizes["n_local"], sizes["n_global"])
-    grid = (frames * heads, triton.cdiv(tokens, config["BLOCK_M"]))
+    configs = _launch_configs("fwd", q, sizes["n_local"], sizes["n_global"])
     with _launch.device_of(q):
-        _launch.launch(_prompt_attention_fwd_kernel, grid, *ptrs, out, lse, *strides, heads, tokens, dim,
-                       sm_scale=1.0 / math.sqrt(dim), **sizes, **config)
+        _launch.launch_tuned(_prompt_attention_fwd_kernel, lambda c: (frames * heads, triton.cdiv(tokens, c["BLOCK_M"])),
+                             configs, _tuning_key(q, sizes), *ptrs, out, lse, *strides, *out.stride()[:3], heads,
+                             tokens, dim, sm_scale=1.0 / math.sqrt(dim), **sizes)
     return out, lse
 
 
@@ -588,6 +632,7 @@ def prompt_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
                               k_summary: Tensor | None, v_summary: Tensor | None, out: Tensor,
                               lse: Tensor) -> list[Tensor | None]:
     """Triton backward: gradients of the nine inputs (``None`` for absent sources), contiguous.
+    ``grad_out`` and ``out`` in any strides (autograd hands ``grad_out`` in out's layout, read as is).
 
     Two kernel launches (dq + delta, then dk/dv of every source) and, for local and global
     prompts, a float32 sum of the per-frame partial gradients (over the frames of each video,
@@ -615,16 +660,18 @@ def prompt_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
     dks, dvs = (_launch.empty((frames, heads, dim), q.dtype, device) for _ in range(2))
     lse = lse.contiguous()
     delta = _launch.empty((frames, heads, tokens), torch.float32, device)
-    config = _launch_config(q, n_local, n_global, backward=True)
-    sm_scale = 1.0 / math.sqrt(dim)
+    sm_scale, key = 1.0 / math.sqrt(dim), _tuning_key(q, sizes)
     with _launch.device_of(q):
-        grid = (frames * heads, triton.cdiv(tokens, config["BLOCK_M"]))
-        _launch.launch(_prompt_attention_bwd_dq_kernel, grid, *ptrs, out, grad_out, lse, delta, dq, *strides,
-                       *out.stride(), *grad_out.stride(), heads, tokens, dim, sm_scale=sm_scale, **sizes, **config)
-        grid = (frames * heads, triton.cdiv(tokens, config["BLOCK_N"]) + 3)
-        _launch.launch(_prompt_attention_bwd_dkdv_kernel, grid, *ptrs, grad_out, lse, delta, dk, dv, dkl_part,
-                       dvl_part, dkg_part, dvg_part, dks, dvs, *strides, *grad_out.stride(), heads, tokens, dim,
-                       sm_scale=sm_scale, **sizes, **config)
+        _launch.launch_tuned(_prompt_attention_bwd_dq_kernel,
+                             lambda c: (frames * heads, triton.cdiv(tokens, c["BLOCK_M"])),
+                             _launch_configs("dq", q, n_local, n_global), key, *ptrs, out, grad_out, lse, delta, dq,
+                             *strides, *out.stride(), *grad_out.stride(), heads, tokens, dim, sm_scale=sm_scale,
+                             **sizes)
+        _launch.launch_tuned(_prompt_attention_bwd_dkdv_kernel,
+                             lambda c: (frames * heads, triton.cdiv(tokens, c["BLOCK_N"]) + 3),
+                             _launch_configs("dkdv", q, n_local, n_global), key, *ptrs, grad_out, lse, delta, dk, dv,
+                             dkl_part, dvl_part, dkg_part, dvg_part, dks, dvs, *strides, *grad_out.stride(), heads,
+                             tokens, dim, sm_scale=sm_scale, **sizes)
     grads = [dq, dk, dv, None, None, None, None, None, None]
     if k_local is not None:
         videos = k_local.shape[0]
@@ -647,17 +694,29 @@ def prompt_attention_op(q: Tensor, k: Tensor, v: Tensor, k_local: Tensor | None,
     return _composite_op(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
 
 
+def in_out_proj_layout(out: Tensor) -> Tensor:
+    """``out`` (F, H, L, d) with the strides of a contiguous (F, L, H, d), the layout every
+    implementation of the op returns: ``out.transpose(1, 2).reshape(F, L, H * d)``, what
+    ``out_proj`` reads, is then a view. Copies only when ``out`` is laid out otherwise."""
+    if out.transpose(1, 2).is_contiguous():
+        return out
+    return out.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 def _composite_op(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary):
-    """The composite as the op returns it (checked inputs, contiguous outputs): every device's
-    fallback."""
+    """The composite as the op returns it (checked inputs, the op's output layouts): every
+    device's fallback. torch's CPU flash attention already writes q's (F, L, H, d) layout when q
+    is a view of a packed projection, as in the models: no copy then."""
     check_inputs(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
     out, lse = _composite_forward(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
-    return out.contiguous(), lse.contiguous()
+    return in_out_proj_layout(out), lse.contiguous()
 
 
 @prompt_attention_op.register_fake
 def _(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary):
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=lse_dtype(q.dtype))
+    frames, heads, tokens, dim = q.shape
+    return (q.new_empty((frames, tokens, heads, dim)).transpose(1, 2),
+            q.new_empty(q.shape[:3], dtype=lse_dtype(q.dtype)))
 
 
 if triton is not None:
@@ -673,8 +732,9 @@ if triton is not None:
 def _(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary):
     if _cpu_extension.use_cpp(q.dtype):  # the C++ kernel (csrc/), when selected and built
         check_inputs(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
-        return tuple(torch.ops.vita_clip_cpu.prompt_attention_fwd(q, k, v, k_local, v_local, k_global, v_global,
-                                                                  k_summary, v_summary))
+        out, lse = torch.ops.vita_clip_cpu.prompt_attention_fwd(q, k, v, k_local, v_local, k_global, v_global,
+                                                                k_summary, v_summary)
+        return in_out_proj_layout(out), lse  # it writes (F, H, L, d): one copy, the one out_proj's input needed
     return _composite_op(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
 
 
@@ -689,7 +749,7 @@ def prompt_attention_backward_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tens
 
 def _composite_backward_op(grad_out, q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary, out, lse):
     """The composite backward as the op returns it: every device's fallback."""
-    grads = _composite_backward(grad_out.contiguous(), q, k, v, k_local, v_local, k_global, v_global,
+    grads = _composite_backward(grad_out, q, k, v, k_local, v_local, k_global, v_global,
                                 k_summary, v_summary, out, lse)
     return _op_grads(grads, q)
 
@@ -768,7 +828,9 @@ for _device_type in ("cpu", "cuda"):
 def prompt_attention(q: Tensor, k: Tensor, v: Tensor, k_local: Tensor | None = None, v_local: Tensor | None = None,
                      k_global: Tensor | None = None, v_global: Tensor | None = None,
                      k_summary: Tensor | None = None, v_summary: Tensor | None = None) -> Tensor:
-    """Attention of each frame's tokens over its own and the prompt keys/values: ``(F, H, L, d)``.
+    """Attention of each frame's tokens over its own and the prompt keys/values: ``(F, H, L, d)``
+    with the strides of a contiguous (F, L, H, d), so ``out.transpose(1, 2).reshape(F, L, H * d)``
+    is a view.
 
     See the module docstring for the shapes. Differentiable with respect to every tensor.
     """

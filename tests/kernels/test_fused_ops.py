@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import prompt_inputs, rel_err
+from helpers import PROMPT_ATTENTION_INPUTS, prompt_inputs, prompt_tensors, rel_err
+from vita_clip.kernels import _cpu_extension
+from vita_clip.kernels import prompt_attention as pa
 from vita_clip.kernels.prompt_attention import prompt_attention, prompt_attention_op, prompt_attention_reference
 from vita_clip.kernels.summary_attention import summary_attention, summary_attention_op, summary_attention_reference
 
@@ -50,6 +52,45 @@ def test_prompt_attention_fp16_and_bf16_stay_close():
     for dtype, tol in ((torch.float16, 5e-3), (torch.bfloat16, 3e-2)):
         out = prompt_attention(**{k: v.detach().to(dtype) for k, v in inputs.items()})
         assert out.dtype == dtype and rel_err(out, ref) <= tol
+
+
+@pytest.mark.parametrize("backend", ["cpp", "composite"])
+def test_prompt_attention_output_feeds_out_proj_and_takes_its_gradient_without_copies(backend, request,
+                                                                                      monkeypatch):
+    """As the models call it (q/k/v views of one packed projection): the output has the strides
+    of a contiguous (F, L, H, d), so the reshape for out_proj is a view, and autograd hands the
+    backward the gradient in that layout, which reaches the implementation uncopied."""
+    if backend == "cpp":
+        request.getfixturevalue("extension")
+    previous = _cpu_extension.get_cpu_backend()
+    _cpu_extension.set_cpu_backend(backend)
+    request.addfinalizer(lambda: _cpu_extension.set_cpu_backend(previous))
+    tensors = prompt_tensors(2, 3, 17, 4, 16, 3, seed=5)
+    f, h, n, d = tensors["q"].shape
+    qkv = torch.randn(f, n, 3, h, d, requires_grad=True)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    seen = {}
+    backward_op, composite_backward = pa.prompt_attention_backward_op, pa._composite_backward
+
+    def recording_op(grad_out, *args):
+        seen["op"] = grad_out
+        return backward_op(grad_out, *args)
+
+    def recording_composite(grad_out, *args):
+        seen["composite"] = grad_out
+        return composite_backward(grad_out, *args)
+
+    monkeypatch.setattr(pa, "prompt_attention_backward_op", recording_op)
+    monkeypatch.setattr(pa, "_composite_backward", recording_composite)
+    out = prompt_attention(q, k, v, *(tensors[name] for name in PROMPT_ATTENTION_INPUTS[3:]))
+    assert out.shape == (f, h, n, d) and out.stride() == (n * h * d, d, h * d, 1)
+    flat = out.transpose(1, 2).reshape(f, n, h * d)
+    assert flat.data_ptr() == out.data_ptr() and flat.is_contiguous()
+    torch.nn.functional.linear(flat, torch.randn(h * d, h * d)).sum().backward()
+    assert seen["op"].transpose(1, 2).is_contiguous()
+    if backend == "composite":
+        assert seen["composite"].data_ptr() == seen["op"].data_ptr() and seen["composite"].stride() == \
+            seen["op"].stride()
 
 
 def test_prompt_attention_rejects_bad_shapes():

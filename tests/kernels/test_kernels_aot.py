@@ -4,13 +4,15 @@ launchers choose, without a GPU (``vita_clip.kernels._aot``; Triton ships ptxas)
 The compile runs in a subprocess without ``TRITON_INTERPRET`` (``conftest.py`` sets it for this
 process, and interpreted kernels cannot be compiled). By default: ViT-B/16 (768 wide, 12 heads,
 197 tokens) and ViT-L/14 (1024, 16 heads, 257 tokens) with 8-frame clips, in float32 (IEEE and
-TF32 dots), bfloat16 and float16 under autocast (float32 summary parameters): about 40
-specialisations, ~1 min of CPU. ``VITA_CLIP_AOT_FULL=1`` adds 16-frame clips and the largest
-shapes the launchers admit (another ~3 min on 2 cores).
+TF32 dots), bfloat16 and float16 under autocast (float32 summary parameters), the prompt-attention
+kernels in every config of their space: about 90 specialisations, ~3.5 min of CPU with an empty
+Triton cache. ``VITA_CLIP_AOT_FULL=1`` adds 16-frame clips and the largest shapes the launchers
+admit (several more minutes on 2 cores).
 """
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -39,6 +41,26 @@ def test_every_kernel_compiles_for_sm90_within_its_shared_memory():
             assert any(line.startswith(kernel) and precision in line and line.endswith(" ok") for line in lines), \
                 (kernel, precision)
     assert "0 failed" in lines[-1]
+    check_prompt_attention_config_space(lines)
+
+
+def check_prompt_attention_config_space(lines):
+    """Every config of the prompt-attention kernels' space was compiled (counted at the first
+    case, where none is shared with an earlier one), and none spills or sits at the 255-register
+    cap (where ptxas starts trading registers for recomputation and local memory)."""
+    from vita_clip.kernels import prompt_attention as pa
+
+    dots = {"fp32]": "ieee", "fp32-tf32]": "tf32", "bf16-autocast]": "16-bit", "fp16-autocast]": "16-bit"}
+    for kernel in ("fwd", "dq", "dkdv"):
+        name = {"fwd": "_prompt_attention_fwd_kernel", "dq": "_prompt_attention_bwd_dq_kernel",
+                "dkdv": "_prompt_attention_bwd_dkdv_kernel"}[kernel]
+        for precision, dot in dots.items():
+            compiled = [line for line in lines if line.startswith(f"{name} [ViT-B/16 8f {precision}")]
+            assert len(compiled) == len(pa._CONFIG_SPACE[(kernel, dot, True)]), (kernel, precision, compiled)
+    for line in lines:
+        if line.startswith("_prompt_attention_"):
+            registers, spills = map(int, re.search(r"(\d+) regs, spills (\d+) B", line).groups())
+            assert spills == 0 and registers < 255, line
 
 
 @pytest.mark.skipif(not _launch.interpreting() and not torch.cuda.is_available(), reason="needs a launcher device")

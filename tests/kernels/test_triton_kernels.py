@@ -136,7 +136,7 @@ def test_prompt_attention_kernels_match_float64_reference(device, shape):
         t = packed_views(t)
         grad = grad.float().transpose(1, 2).contiguous().transpose(1, 2)  # strided gradient too
     out, lse, grads = run_prompt_kernels(t, grad.float())
-    assert out.dtype == torch.float32 and out.shape == ref.shape and out.is_contiguous()
+    assert out.dtype == torch.float32 and out.shape == ref.shape and out.transpose(1, 2).is_contiguous()
     assert lse.dtype == torch.float32 and lse.shape == ref_lse.shape
     assert rel_err(out, ref) <= 1e-5
     assert rel_err(lse, ref_lse) <= 1e-6
@@ -162,6 +162,71 @@ def test_prompt_attention_kernels_float16(device, shape):
         assert grads[name].dtype == torch.float16 and rel_err(grads[name], g) <= 3e-3, name
 
 
+def test_prompt_attention_output_is_in_out_proj_layout():
+    """out (F, H, L, d) is laid out as a contiguous (F, L, H, d): the models' reshape for out_proj
+    is a view of it, so nothing copies the attention output between the kernel and out_proj."""
+    t = {n: x.float() if x is not None else None for n, x in prompt_tensors(2, 3, 5, 4, 16, True, 3, True, 1).items()}
+    with _launch.record_launches() as launches:
+        out, _ = pa.prompt_attention_forward(*packed_views(t).values())
+    assert launches and all(kernel is pa._prompt_attention_fwd_kernel and any(a is out for a in args)
+                            for kernel, _, args, _ in launches)
+    f, h, n, d = out.shape
+    assert out.stride() == (n * h * d, d, h * d, 1)
+    flat = out.transpose(1, 2).reshape(f, n, h * d)
+    assert flat.is_contiguous() and flat.data_ptr() == out.data_ptr()
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prompt_attention_launchers_pass_torch_fp32_dot_precision(dtype):
+    """float32 dots use TF32 exactly when torch's CUDA matmuls may (16-bit dots ignore it)."""
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    t = {n: x.to(dtype) if x is not None else None for n, x in prompt_tensors(1, 3, 5, 2, 16, True, 3, True, 1).items()}
+    args = [t[n] for n in NAMES]
+    try:
+        for setting in ("ieee", "tf32"):
+            matmul.fp32_precision = setting
+            with _launch.record_launches() as launches:
+                out, lse = pa.prompt_attention_forward(*args)
+                pa.prompt_attention_backward(out, *args, out, lse)
+            expected = setting if dtype == torch.float32 else "tf32"
+            assert len(launches) >= 3 and all(kw["PRECISION"] == expected for *_, kw in launches), setting
+    finally:
+        matmul.fp32_precision = before
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_prompt_attention_config_matches_float64_reference(device, monkeypatch):
+    """Each tile shape of the config space (all dtypes' lists, here in float32 with IEEE dots:
+    tiles, not dtypes, decide which elements a program owns), forward and backward."""
+    assert _launch.fp32_dot_precision() == "ieee"
+    for kernel in ("fwd", "dq", "dkdv"):
+        tiles = {c[:2]: c for key, space in pa._CONFIG_SPACE.items() if key[0] == kernel and key[2] for c in space}
+        monkeypatch.setitem(pa._CONFIG_SPACE, (kernel, "ieee", True), list(tiles.values()))
+    t64 = prompt_tensors(1, 3, 70, 1, 64, True, 5, True, seed=3, device=device)  # 70 tokens: 128-wide tiles
+    grad = randn(t64["q"].shape, 4, device)
+    ref, ref_lse, ref_grads = reference_with_grads(t64, grad)
+    t = {n: x.float() if x is not None else None for n, x in t64.items()}
+    candidates = {kernel: pa._launch_configs(kernel, t["q"], 3, 5) for kernel in ("fwd", "dq", "dkdv")}
+    assert max(len(c) for c in candidates.values()) >= 4
+    names = {pa._prompt_attention_fwd_kernel: "fwd", pa._prompt_attention_bwd_dq_kernel: "dq",
+             pa._prompt_attention_bwd_dkdv_kernel: "dkdv"}
+    chosen, real = {}, _launch.launch_tuned
+
+    def forced(kernel, grid, configs, key, *args, **kwargs):  # launch the config under test
+        assert chosen[names[kernel]] in configs
+        return real(kernel, grid, [chosen[names[kernel]]], key, *args, **kwargs)
+
+    monkeypatch.setattr(_launch, "launch_tuned", forced)
+    for i in range(max(len(c) for c in candidates.values())):
+        chosen.update({kernel: c[i % len(c)] for kernel, c in candidates.items()})
+        out, lse, grads = run_prompt_kernels(t, grad.float())
+        assert rel_err(out, ref) <= 1e-5 and rel_err(lse, ref_lse) <= 1e-6, chosen
+        for name, g in ref_grads.items():
+            assert rel_err(grads[name], g) <= 1e-4, (name, chosen)
+
+
 @needs_triton
 @needs_cuda
 @pytest.mark.parametrize("shape", [(2, 3, 17, 2, 32, True, 3, True), (2, 8, 197, 2, 64, True, 8, True),
@@ -176,6 +241,24 @@ def test_prompt_attention_kernels_bfloat16_gpu(shape):
     assert out.dtype == torch.bfloat16 and rel_err(out, ref) <= 2e-2
     for name, g in ref_grads.items():
         assert rel_err(grads[name], g) <= 4e-2, name
+
+
+@needs_triton
+@needs_cuda
+@pytest.mark.parametrize("precision, tol, grad_tol", [("ieee", 1e-5, 1e-4), ("tf32", 2e-3, 5e-3)])
+def test_prompt_attention_autotuned_float32_gpu(precision, tol, grad_tol, monkeypatch):
+    """VITA_CLIP_AUTOTUNE=1 times each kernel's config space once per shape; IEEE and TF32 dots."""
+    monkeypatch.setenv("VITA_CLIP_AUTOTUNE", "1")
+    monkeypatch.setattr(_launch, "_tuned", {})
+    monkeypatch.setattr(torch.backends.cuda.matmul, "fp32_precision", precision)
+    t64 = prompt_tensors(2, 8, 197, 2, 64, True, 8, True, seed=9, device="cuda")
+    grad = randn(t64["q"].shape, 10, "cuda")
+    ref, _, ref_grads = reference_with_grads(t64, grad)
+    out, _, grads = run_prompt_kernels(packed_views({n: x.float() if x is not None else None for n, x in t64.items()}),
+                                       grad.float())
+    assert len(_launch._tuned) == 3 and rel_err(out, ref) <= tol
+    for name, g in ref_grads.items():
+        assert rel_err(grads[name], g) <= grad_tol, name
 
 
 @needs_triton

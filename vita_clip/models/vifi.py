@@ -191,6 +191,7 @@ def _fused_shared_prompt_block(block: nn.Module, x: torch.Tensor, prompts: torch
     kv = F.linear(block.ln_1(prompts), attn.in_proj_weight[d:], attn.in_proj_bias[d:]).unflatten(-1, (2, heads, head_dim))
     k_prompts, v_prompts = (kv.select(-3, j).transpose(0, 1) for j in (0, 1))  # (H, n_prompts, hd)
     out = prompt_attention(q, k, v, None, None, k_prompts, v_prompts, None, None)
+    # a view, no copy: the op writes (F, H, N, hd) with the strides of a contiguous (F, N, H, hd)
     x = x + block.ls_1(F.linear(out.transpose(1, 2).reshape(f, n, d), attn.out_proj.weight, attn.out_proj.bias))
     return x + block.ls_2(frozen_mlp(block.mlp, block.ln_2(x)))
 

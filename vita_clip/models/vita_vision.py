@@ -251,6 +251,7 @@ class VitaVisionTransformer(nn.Module):
         if self.global_prompts is not None:
             k_global, v_global = (p.transpose(0, 1) for p in prompt_kv(self.global_prompts[i].to(x.dtype)))  # (H, M, hd)
         out = prompt_attention(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
+        # a view, no copy: the op writes (F, H, N, hd) with the strides of a contiguous (F, N, H, hd)
         out = F.linear(out.transpose(1, 2).reshape(f, n, d), attn.out_proj.weight, attn.out_proj.bias)
         x = x + block.ls_1(out)
         return x + block.ls_2(frozen_mlp(block.mlp, block.ln_2(x)))
