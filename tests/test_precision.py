@@ -53,3 +53,45 @@ def test_autocast_of_each_resolved_precision():
             assert torch.nn.functional.linear(x, w).dtype == dtype
     with pytest.raises(ValueError, match="resolved precision"):
         precision.autocast("cpu", "auto")
+
+
+@pytest.fixture
+def cast_cache():
+    previous = precision.set_cast_cache(True)
+    yield
+    precision.set_cast_cache(previous)
+
+
+def test_autocast_copy_is_made_once_and_again_when_the_weight_changes(cast_cache):
+    w = torch.nn.Parameter(torch.randn(5, 7), requires_grad=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first = precision.autocast_copy(w)
+        assert first.dtype == torch.bfloat16 and torch.equal(first, w.to(torch.bfloat16))
+        assert precision.autocast_copy(w) is first
+        w.mul_(3)  # in place: an optimizer step, load_state_dict
+        again = precision.autocast_copy(w)
+        assert again is not first and torch.equal(again, w.to(torch.bfloat16))
+        w.data = torch.randn(5, 7)  # new storage
+        assert torch.equal(precision.autocast_copy(w), w.to(torch.bfloat16))
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert precision.autocast_copy(w).dtype == torch.float16
+    assert precision.autocast_copy(w) is w  # autocast off
+
+
+def test_autocast_copy_leaves_what_autograd_or_the_switch_needs(cast_cache):
+    trainable = torch.nn.Parameter(torch.randn(3, 3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert precision.autocast_copy(trainable) is trainable  # autocast records (and caches) the cast itself
+        with torch.no_grad():
+            assert precision.autocast_copy(trainable).dtype == torch.bfloat16
+        precision.set_cast_cache(False)
+        frozen = torch.randn(3, 3)
+        assert precision.autocast_copy(frozen) is frozen
+
+
+def test_autocast_linear_is_autocast_bit_for_bit(cast_cache):
+    x, w, b = torch.randn(197, 64), torch.randn(96, 64), torch.randn(96)
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", dtype=dtype), torch.inference_mode():
+            for _ in range(2):
+                assert torch.equal(precision.autocast_linear(x, w, b), torch.nn.functional.linear(x, w, b))

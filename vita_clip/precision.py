@@ -6,6 +6,11 @@ the CPU has native bf16 dot products (AVX-512 BF16 or AMX: there the fused bf16 
 the fastest, see README "Mixed precision"), else fp32 (bf16 without them is emulated and
 slower than fp32). fp16 on a CPU works but is several times slower than fp32 (no fp16 math
 on most CPUs), so it warns.
+
+:func:`autocast_linear` is ``F.linear`` for the fused layers' frozen weights: autocast casts a
+float32 weight that needs no gradient again in every call (its cache holds only tensors that
+require gradients), about 5% of a bf16 ViT-B/16 forward on a CPU; here the cast copy is made
+once and kept on the parameter, so the results are the same bit for bit.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import contextlib
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,3 +55,42 @@ def autocast(device: str | torch.device, precision: str):
     if precision not in DTYPES:
         raise ValueError(f"autocast takes a resolved precision (fp32, bf16, fp16), got {precision!r}")
     return torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[precision])
+
+
+_CAST_ATTR = "_vita_clip_autocast_copy"
+_cast_cache = True
+
+
+def set_cast_cache(enabled: bool) -> bool:
+    """Switch :func:`autocast_copy`'s cache on or off (off: autocast casts in every call, as
+    plain torch does); returns the previous setting."""
+    global _cast_cache
+    previous, _cast_cache = _cast_cache, bool(enabled)
+    return previous
+
+
+def autocast_copy(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """``tensor`` as autocast casts it for a matrix product on its device (float32 -> the
+    autocast dtype), made once and kept on the tensor until it changes (in place, e.g. an
+    optimizer step or ``load_state_dict``, or its storage is replaced); ``tensor`` itself where
+    autocast is off, where autograd needs the cast recorded, or under ``torch.compile``."""
+    if tensor is None or not _cast_cache or tensor.dtype != torch.float32:
+        return tensor
+    device = tensor.device.type
+    if not torch.is_autocast_enabled(device) or (tensor.requires_grad and torch.is_grad_enabled()):
+        return tensor
+    if torch.compiler.is_compiling():
+        return tensor
+    dtype = torch.get_autocast_dtype(device)
+    stamp = (dtype, tensor._version, tensor.data_ptr())
+    cached = tensor.__dict__.get(_CAST_ATTR)
+    if cached is None or cached[0] != stamp:
+        with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode
+            cached = (stamp, tensor.detach().to(dtype))
+        tensor.__dict__[_CAST_ATTR] = cached
+    return cached[1]
+
+
+def autocast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` with the weight and bias cast by :func:`autocast_copy`."""
+    return F.linear(x, autocast_copy(weight), autocast_copy(bias))

@@ -27,6 +27,7 @@ from torch import nn
 # (setup.py's package_dir): the Triton kernels, the C++ CPU kernel and the eager references.
 from ..kernels.prompt_attention import prompt_attention
 from ..kernels.summary_attention import summary_attention
+from ..precision import autocast_copy, autocast_linear
 from .activations import frozen_mlp
 from .backbone import freeze, patch_tokens
 
@@ -75,7 +76,7 @@ class VitaLayerPrompts(nn.Module):
         self.use_local_prompts = use_local_prompts
 
     def forward(self, cls_tokens: torch.Tensor, fused: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        c = self.cls_proj(cls_tokens)
+        c = autocast_linear(cls_tokens, self.cls_proj.weight, self.cls_proj.bias)
         local = summary = None
         if self.use_local_prompts:
             local = resize_frames(self.local_prompts, c.shape[1]).to(c.dtype) + c
@@ -233,11 +234,13 @@ class VitaVisionTransformer(nn.Module):
         attn = block.attn
         heads = attn.num_heads
         head_dim = d // heads
-        qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+        # frozen weights through autocast_linear: cast once under autocast, not in every call
+        in_weight, in_bias = autocast_copy(attn.in_proj_weight), autocast_copy(attn.in_proj_bias)
+        qkv = F.linear(block.ln_1(x), in_weight, in_bias)
         q, k, v = qkv.view(f, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (F, H, N, hd) each
 
         def prompt_kv(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            kv = F.linear(block.ln_1(tokens), attn.in_proj_weight[d:], attn.in_proj_bias[d:])
+            kv = F.linear(block.ln_1(tokens), in_weight[d:], in_bias[d:])
             kv = kv.unflatten(-1, (2, heads, head_dim))
             return kv.select(-3, 0), kv.select(-3, 1)  # (..., H, hd)
 
@@ -251,7 +254,7 @@ class VitaVisionTransformer(nn.Module):
         if self.global_prompts is not None:
             k_global, v_global = (p.transpose(0, 1) for p in prompt_kv(self.global_prompts[i].to(x.dtype)))  # (H, M, hd)
         out = prompt_attention(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
-        out = F.linear(out.transpose(1, 2).reshape(f, n, d), attn.out_proj.weight, attn.out_proj.bias)
+        out = autocast_linear(out.transpose(1, 2).reshape(f, n, d), attn.out_proj.weight, attn.out_proj.bias)
         x = x + block.ls_1(out)
         return x + block.ls_2(frozen_mlp(block.mlp, block.ln_2(x)))
 
