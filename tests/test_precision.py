@@ -89,9 +89,20 @@ def test_autocast_copy_leaves_what_autograd_or_the_switch_needs(cast_cache):
         assert precision.autocast_copy(frozen) is frozen
 
 
-def test_autocast_linear_is_autocast_bit_for_bit(cast_cache):
-    x, w, b = torch.randn(197, 64), torch.randn(96, 64), torch.randn(96)
+@pytest.mark.parametrize("shape", [(197, 64), (3, 197, 64), (1, 64)])
+def test_autocast_linear_is_autocast_bit_for_bit(cast_cache, shape):
+    """Cast once, and in bf16 CPU inference packed by oneDNN: F.linear's results under autocast,
+    bit for bit, for float32 and bfloat16 inputs, contiguous or not, before and after the
+    weight changes."""
+    w, b = torch.nn.Parameter(torch.randn(96, 64), requires_grad=False), torch.randn(96)
+    x = torch.randn(*shape)
+    wide = torch.randn(*shape[:-1], 3 * shape[-1])[..., 5:5 + shape[-1]]  # rows with a stride
     for dtype in (torch.bfloat16, torch.float16):
         with torch.autocast("cpu", dtype=dtype), torch.inference_mode():
             for _ in range(2):
-                assert torch.equal(precision.autocast_linear(x, w, b), torch.nn.functional.linear(x, w, b))
+                for inp in (x, x.to(dtype), wide):
+                    assert torch.equal(precision.autocast_linear(inp, w, b), torch.nn.functional.linear(inp, w, b))
+            w.add_(1.0)
+            assert torch.equal(precision.autocast_linear(x, w, b), torch.nn.functional.linear(x, w, b))
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert precision._PACKED_ATTR in w.__dict__  # the packed path ran

@@ -10,7 +10,10 @@ on most CPUs), so it warns.
 :func:`autocast_linear` is ``F.linear`` for the fused layers' frozen weights: autocast casts a
 float32 weight that needs no gradient again in every call (its cache holds only tensors that
 require gradients), about 5% of a bf16 ViT-B/16 forward on a CPU; here the cast copy is made
-once and kept on the parameter, so the results are the same bit for bit.
+once and kept on the parameter. For bf16 inference on a CPU the weight is also kept in
+oneDNN's packed layout (``torch.ops.mkldnn``, what inductor's CPU freezing uses), so the GEMM
+does not re-pack it in every call. Both give the results of autocast's ``F.linear`` bit for bit
+(the same rounding, the same oneDNN kernel; checked in the tests).
 """
 from __future__ import annotations
 
@@ -58,7 +61,9 @@ def autocast(device: str | torch.device, precision: str):
 
 
 _CAST_ATTR = "_vita_clip_autocast_copy"
+_PACKED_ATTR = "_vita_clip_packed_bf16"
 _cast_cache = True
+_packing: bool | None = None  # whether oneDNN packs bf16 linear weights here (None: not tried yet)
 
 
 def set_cast_cache(enabled: bool) -> bool:
@@ -91,6 +96,37 @@ def autocast_copy(tensor: torch.Tensor | None) -> torch.Tensor | None:
     return cached[1]
 
 
+def _packed_bf16(weight: torch.Tensor, rows: int) -> torch.Tensor | None:
+    """``weight`` in bf16 in oneDNN's packed layout, made once (like :func:`autocast_copy`), or
+    ``None`` where oneDNN cannot (no mkldnn, no bf16 support, the ops gone from this torch)."""
+    global _packing
+    if _packing is None:
+        ops = torch.ops.mkldnn
+        _packing = (torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise")
+                    and hasattr(ops, "_reorder_linear_weight") and ops._is_mkldnn_bf16_supported())
+    if not _packing:
+        return None
+    stamp = (weight._version, weight.data_ptr())
+    cached = weight.__dict__.get(_PACKED_ATTR)
+    if cached is None or cached[0] != stamp:
+        with torch.inference_mode(False), torch.no_grad():
+            try:
+                cached = (stamp, torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16), rows))
+            except RuntimeError:
+                _packing = False
+                return None
+        weight.__dict__[_PACKED_ATTR] = cached
+    return cached[1]
+
+
 def autocast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` with the weight and bias cast by :func:`autocast_copy`."""
-    return F.linear(x, autocast_copy(weight), autocast_copy(bias))
+    """``F.linear(x, weight, bias)`` with the weight and bias cast by :func:`autocast_copy`; in
+    bf16 inference on a CPU (no autograd, a contiguous input) with the packed weight."""
+    cast_weight, cast_bias = autocast_copy(weight), autocast_copy(bias)
+    if (cast_weight is not weight and cast_weight.dtype == torch.bfloat16 and x.device.type == "cpu"
+            and not torch.is_grad_enabled() and x.dim() >= 2):
+        x = x.to(torch.bfloat16)  # what autocast does to the input of F.linear
+        packed = _packed_bf16(weight, x.numel() // x.shape[-1]) if x.is_contiguous() else None
+        if packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, packed, cast_bias, "none", [], "")
+    return F.linear(x, cast_weight, cast_bias)

@@ -188,7 +188,7 @@ def _fused_shared_prompt_block(block: nn.Module, x: torch.Tensor, prompts: torch
     heads = attn.num_heads
     head_dim = d // heads
     in_weight, in_bias = autocast_copy(attn.in_proj_weight), autocast_copy(attn.in_proj_bias)  # cast once
-    qkv = F.linear(block.ln_1(x), in_weight, in_bias)
+    qkv = autocast_linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
     q, k, v = qkv.view(f, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (F, H, N, hd) each
     kv = F.linear(block.ln_1(prompts), in_weight[d:], in_bias[d:]).unflatten(-1, (2, heads, head_dim))
     k_prompts, v_prompts = (kv.select(-3, j).transpose(0, 1) for j in (0, 1))  # (H, n_prompts, hd)

@@ -236,7 +236,7 @@ class VitaVisionTransformer(nn.Module):
         head_dim = d // heads
         # frozen weights through autocast_linear: cast once under autocast, not in every call
         in_weight, in_bias = autocast_copy(attn.in_proj_weight), autocast_copy(attn.in_proj_bias)
-        qkv = F.linear(block.ln_1(x), in_weight, in_bias)
+        qkv = autocast_linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
         q, k, v = qkv.view(f, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (F, H, N, hd) each
 
         def prompt_kv(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
