@@ -76,7 +76,7 @@ class VitaLayerPrompts(nn.Module):
         self.use_local_prompts = use_local_prompts
 
     def forward(self, cls_tokens: torch.Tensor, fused: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        c = autocast_linear(cls_tokens, self.cls_proj.weight, self.cls_proj.bias)
+        c = self.cls_proj(cls_tokens)
         local = summary = None
         if self.use_local_prompts:
             local = resize_frames(self.local_prompts, c.shape[1]).to(c.dtype) + c
