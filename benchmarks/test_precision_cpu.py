@@ -2,7 +2,9 @@
 batch 1), timed in interleaved rounds (a drift of the machine's speed hits every provider alike).
 
 Providers: ``clip-fp32`` (the frozen CLIP image tower on the 8 frames, float32), ``fused-fp32``,
-``fused-bf16`` (CPU autocast, bfloat16; the prompt attention runs the C++ kernel) and
+``fused-bf16`` (CPU autocast, bfloat16; the prompt attention runs the C++ kernel, the fused
+layers' frozen weights are cast once, ``precision.autocast_linear``), ``fused-bf16-recast`` (the
+same with autocast casting every weight in every call, ``precision.set_cast_cache(False)``) and
 ``fused-bf16-composite`` (the same with torch's attention as the CPU prompt-attention backend),
 with ``VITA_BENCH_FP16=1`` ``fused-fp16`` (CPU autocast, float16: one run on this AMD EPYC took
 3.5x the time of float32 CLIP, so it is off by default). Random weights with QuickGELU (speed does not depend on
@@ -19,7 +21,7 @@ import pytest
 import torch
 
 from recording import add_section, record, report_ratio
-from vita_clip import create_model, kernels
+from vita_clip import create_model, kernels, precision
 from vita_clip.kernels import _cpu_extension
 
 ROUNDS = int(os.environ.get("VITA_BENCH_PRECISION_ROUNDS", "5"))
@@ -37,15 +39,17 @@ def test_fused_bf16_vs_fp32_clip_b16_interleaved(once):
                                                         .shape[-1], generator=torch.Generator().manual_seed(3)), dim=-1)
     saved = _cpu_extension._backend
 
-    def fused_in(dtype, backend="cpp"):
+    def fused_in(dtype, backend="cpp", cast_once=True):
         def run(video):
             kernels.set_cpu_backend(backend)
+            precision.set_cast_cache(cast_once)
             with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 return fused.encode_video(video).float()
         return run
 
     calls = {"clip-fp32": lambda video: clip.visual(video.flatten(0, 1)), "fused-fp32": fused_in(None),
-             "fused-bf16": fused_in(torch.bfloat16), "fused-bf16-composite": fused_in(torch.bfloat16, "composite")}
+             "fused-bf16": fused_in(torch.bfloat16), "fused-bf16-recast": fused_in(torch.bfloat16, cast_once=False),
+             "fused-bf16-composite": fused_in(torch.bfloat16, "composite")}
     if FP16:
         calls["fused-fp16"] = fused_in(torch.float16)
     times = {name: [] for name in calls}
@@ -60,6 +64,7 @@ def test_fused_bf16_vs_fp32_clip_b16_interleaved(once):
                 outs[name] = fn(video)
                 if round_:
                     times[name].append(time.perf_counter() - started)
+            assert torch.equal(outs["fused-bf16"], outs["fused-bf16-recast"])  # weights cast once: the same numbers
             top1 = {n: (torch.nn.functional.normalize(outs[n], dim=-1) @ classes.t()).argmax(-1)
                     for n in ("fused-fp32", "fused-bf16")}
             agree.append(bool((top1["fused-fp32"] == top1["fused-bf16"]).all()))
@@ -69,11 +74,13 @@ def test_fused_bf16_vs_fp32_clip_b16_interleaved(once):
             once("precision b16 interleaved", rounds)
     finally:
         _cpu_extension._backend = saved
+        precision.set_cast_cache(True)
     group = "inference b16 1x8x224px cpu by precision, interleaved rounds"
     for name, values in times.items():
         record(group, name, "time", statistics.median(values), "s", values=values)
     report_ratio(group, "fused-bf16", "clip-fp32", goal="<= 0.35")
     report_ratio(group, "fused-fp32", "clip-fp32", goal="<= 1.03")
+    report_ratio(group, "fused-bf16", "fused-bf16-recast")
     report_ratio(group, "fused-bf16", "fused-bf16-composite")
     if FP16:
         report_ratio(group, "fused-fp16", "clip-fp32")

@@ -58,3 +58,29 @@ def test_prompt_attention_cpu(measure, backend, provider, videos, pass_):
     result = measure(group, provider, fn, rounds=20 if videos == 1 else 10)
     assert all(torch.isfinite(t).all() for t in (result if isinstance(result, tuple) else (result,)))
     report_ratio(group, "cpp", "composite")
+
+
+@pytest.mark.parametrize("path", ["widened", "avx512bf16"])
+def test_prompt_attention_cpu_bf16_forward(measure, backend, path):
+    """The C++ kernel's two bfloat16 forward paths (csrc/README.md), batch 1: the AVX-512 BF16 dot
+    products against float32 on widened inputs."""
+    if not _cpu_extension.extension_available():
+        pytest.skip(f"C++ CPU extension not built ({_cpu_extension._load_error})")
+    ops = torch.ops.vita_clip_cpu
+    if path == "avx512bf16" and not ops.set_bf16_dot(True):
+        pytest.skip("this CPU has no AVX-512 BF16")
+    backend("cpp")
+    x = {name: t.detach().to(torch.bfloat16) for name, t in inputs(1).items()}
+    try:
+        ops.set_bf16_dot(path == "avx512bf16")
+
+        def fn():
+            with torch.no_grad():
+                return prompt_attention(**x)
+
+        group = f"prompt_attention CPU B/16 1x{FRAMES} frames bf16 forward"
+        out = measure(group, path, fn, rounds=20)
+    finally:
+        ops.set_bf16_dot(True)
+    assert torch.isfinite(out).all()
+    report_ratio(group, "avx512bf16", "widened")

@@ -25,9 +25,10 @@
 // element-wise work (exp, row max/sum, rescaling) is written as simple loops compiled for
 // three x86 ISAs (AVX-512, AVX2+FMA, baseline), one picked from the CPU's features.
 // float32 and float64; the accumulation type is the input type (float32 accumulation for
-// float32, as the brief asks; float64 for the float64 reference checks). bfloat16 inputs run
-// the float32 kernel on widened copies (see prompt_attention_fwd): float32 accumulation, not
-// yet the AVX-512 BF16 dot products (MKL's gemm_bf16bf16f32 would be the next step).
+// float32, as the brief asks; float64 for the float64 reference checks). bfloat16 forward: on
+// CPUs with AVX-512 BF16 (detected at run time) Q K^T and P V are VDPBF16PS dot products with
+// float32 accumulation and the softmax stays float32 (forward_kernel_bf16_dot); elsewhere, and
+// for the backward, the float32 kernel runs on widened copies (see prompt_attention_fwd).
 
 #include <Python.h>
 
@@ -36,11 +37,17 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#endif
 
 // -- BLAS ---------------------------------------------------------------------------------------
 
@@ -68,6 +75,8 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 #define VITA_X86_ISAS 1
 #define VITA_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
 #define VITA_AVX2 __attribute__((target("avx2,fma")))
+// Only the functions marked so use AVX-512 BF16: the .so runs on any x86-64 CPU.
+#define VITA_AVX512BF16 __attribute__((target("avx512bf16,avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
 #else
 #define VITA_X86_ISAS 0
 #endif
@@ -539,6 +548,221 @@ void forward_kernel(const Inputs& in, at::Tensor& out, at::Tensor& lse) {
   });
 }
 
+// -- bfloat16 forward with AVX-512 BF16 dot products ------------------------------------------------
+
+// VDPBF16PS (_mm512_dpbf16_ps) adds to each float32 lane the products of one pair of bfloat16
+// elements of each operand. Operands are laid out so that a lane is one output and a pair runs
+// along the reduction: for S = Q K^T a lane is a key (16 keys per vector) and the pair two
+// consecutive head-dim elements of the key row (so Q's pair is broadcast); for O += P V a lane
+// is an output column and the pair two consecutive keys (so P's pair is broadcast). K and V of
+// a key block are repacked into these layouts once per task (a pass over keys x d, small next
+// to queries x keys x d), zero-padded to whole vectors. P is rounded to bfloat16 for P V (as
+// torch's own bfloat16 flash attention does); scores, softmax statistics and the output
+// accumulate in float32.
+
+// Whether the CPU has AVX-512 BF16 (with the AVX-512 subsets the kernel is compiled for).
+bool cpu_has_bf16_dot() {
+#if VITA_X86_ISAS
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return isa_level() == 2 && __builtin_cpu_supports("avx512bf16");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// The dot-product path can be switched off (VITA_CLIP_CPU_BF16_DOT=0 before the first call, or
+// torch.ops.vita_clip_cpu.set_bf16_dot): the widened float32 path then runs, e.g. to compare.
+std::atomic<bool>& bf16_dot_enabled() {
+  static std::atomic<bool> enabled{[] {
+    const char* env = std::getenv("VITA_CLIP_CPU_BF16_DOT");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }()};
+  return enabled;
+}
+
+bool use_bf16_dot() { return cpu_has_bf16_dot() && bf16_dot_enabled().load(); }
+
+// Returns whether bfloat16 forwards will now use the dot products (false on CPUs without them).
+bool set_bf16_dot(bool enabled) {
+  bf16_dot_enabled().store(enabled);
+  return use_bf16_dot();
+}
+
+#if VITA_X86_ISAS
+using bf16_bits = uint16_t;
+
+inline uint32_t pair_at(const bf16_bits* row, int64_t p) {  // elements 2p, 2p+1 (2p in the low half)
+  uint32_t w;
+  std::memcpy(&w, row + 2 * p, sizeof(w));
+  return w;
+}
+
+// S[i, 16 g + lane] = scale * sum_p Q[i, 2p:2p+2] . K[16 g + lane, 2p:2p+2] for NI rows and NG
+// key groups; kp: packed K, [group][pair][16 lanes][2].
+template <int NI, int NG>
+VITA_AVX512BF16 void qk_tile(const bf16_bits* q, int64_t ldq, const bf16_bits* kp, int64_t pairs, float* s,
+                             int64_t lds, float scale) {
+  __m512 acc[NI][NG];
+  for (int a = 0; a < NI; ++a)
+    for (int b = 0; b < NG; ++b) acc[a][b] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < pairs; ++p) {
+    __m512bh kv[NG];
+    for (int b = 0; b < NG; ++b) kv[b] = (__m512bh)_mm512_loadu_si512(kp + (b * pairs + p) * 32);
+    for (int a = 0; a < NI; ++a) {
+      const __m512bh qa = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair_at(q + a * ldq, p)));
+      for (int b = 0; b < NG; ++b) acc[a][b] = _mm512_dpbf16_ps(acc[a][b], qa, kv[b]);
+    }
+  }
+  const __m512 vs = _mm512_set1_ps(scale);
+  for (int a = 0; a < NI; ++a)
+    for (int b = 0; b < NG; ++b) _mm512_storeu_ps(s + a * lds + 16 * b, _mm512_mul_ps(acc[a][b], vs));
+}
+
+// acc[i, 16 c + lane] += sum_q P[i, 2q:2q+2] . V[2q:2q+2, 16 c + lane] for NI rows and NC
+// column groups; pb: P in bfloat16 (row stride ldp), vp: packed V, [key pair][dpad columns][2].
+template <int NI, int NC>
+VITA_AVX512BF16 void pv_tile(const bf16_bits* pb, int64_t ldp, const bf16_bits* vp, int64_t dpad, int64_t pairs,
+                             float* acc, int64_t lda) {
+  __m512 o[NI][NC];
+  for (int a = 0; a < NI; ++a)
+    for (int c = 0; c < NC; ++c) o[a][c] = _mm512_loadu_ps(acc + a * lda + 16 * c);
+  for (int64_t q = 0; q < pairs; ++q) {
+    __m512bh vv[NC];
+    for (int c = 0; c < NC; ++c) vv[c] = (__m512bh)_mm512_loadu_si512(vp + (q * dpad + 16 * c) * 2);
+    for (int a = 0; a < NI; ++a) {
+      const __m512bh pa = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair_at(pb + a * ldp, q)));
+      for (int c = 0; c < NC; ++c) o[a][c] = _mm512_dpbf16_ps(o[a][c], pa, vv[c]);
+    }
+  }
+  for (int a = 0; a < NI; ++a)
+    for (int c = 0; c < NC; ++c) _mm512_storeu_ps(acc + a * lda + 16 * c, o[a][c]);
+}
+
+// Tiles of at most 4 x 4 vectors (16 accumulators of the 32 registers), the edges by the
+// smaller instantiations.
+
+#define VITA_DISPATCH_4(fn, ni, nj, ...) \
+  switch ((ni) * 4 + (nj)) {                   \
+    case 5: fn<1, 1>(__VA_ARGS__); break;      \
+    case 6: fn<1, 2>(__VA_ARGS__); break;      \
+    case 7: fn<1, 3>(__VA_ARGS__); break;      \
+    case 8: fn<1, 4>(__VA_ARGS__); break;      \
+    case 9: fn<2, 1>(__VA_ARGS__); break;      \
+    case 10: fn<2, 2>(__VA_ARGS__); break;     \
+    case 11: fn<2, 3>(__VA_ARGS__); break;     \
+    case 12: fn<2, 4>(__VA_ARGS__); break;     \
+    case 13: fn<3, 1>(__VA_ARGS__); break;     \
+    case 14: fn<3, 2>(__VA_ARGS__); break;     \
+    case 15: fn<3, 3>(__VA_ARGS__); break;     \
+    case 16: fn<3, 4>(__VA_ARGS__); break;     \
+    case 17: fn<4, 1>(__VA_ARGS__); break;     \
+    case 18: fn<4, 2>(__VA_ARGS__); break;     \
+    case 19: fn<4, 3>(__VA_ARGS__); break;     \
+    case 20: fn<4, 4>(__VA_ARGS__); break;     \
+    default: break;                            \
+  }
+
+// P (float32, row stride lds) -> bfloat16 rows of ldp (a multiple of 32) elements, zero past cols.
+VITA_AVX512BF16 void probs_to_bf16(const float* s, int64_t lds, int64_t rows, int64_t cols, bf16_bits* pb,
+                                   int64_t ldp) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* row = s + i * lds;
+    for (int64_t j = 0; j < ldp; j += 32) {
+      const int64_t lo_n = std::max<int64_t>(0, std::min<int64_t>(16, cols - j));
+      const int64_t hi_n = std::max<int64_t>(0, std::min<int64_t>(16, cols - j - 16));
+      const __m512 lo = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << lo_n) - 1), row + j);
+      const __m512 hi = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << hi_n) - 1), row + j + 16);
+      _mm512_storeu_si512(pb + i * ldp + j, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+  }
+}
+
+// Forward in bfloat16 (d even): out (bfloat16) and lse (float32); the structure of forward_kernel.
+VITA_AVX512BF16 void forward_kernel_bf16_dot(const Inputs& in, at::Tensor& out, at::Tensor& lse) {
+  const int64_t frames = in.q.size(0), heads = in.q.size(1), tokens = in.q.size(2), dim = in.q.size(3);
+  const auto sources = make_sources<at::BFloat16>(in);
+  const auto blocks = plan_blocks(sources);
+  const int64_t bm = query_block(tokens);
+  const int64_t qblocks = (tokens + bm - 1) / bm;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  const auto* q = reinterpret_cast<const bf16_bits*>(in.q.data_ptr<at::BFloat16>());
+  const int64_t sq_f = in.q.stride(0), sq_h = in.q.stride(1), sq_l = in.q.stride(2);
+  auto* o = out.data_ptr<at::BFloat16>();
+  float* lse_ptr = lse.data_ptr<float>();
+  const int64_t pairs_d = dim / 2, dpad = (dim + 15) / 16 * 16;
+  int64_t keys = 0, widest = 0;
+  for (const auto& src : sources) keys += src.rows;
+  for (const auto& block : blocks) widest = std::max(widest, block.width);
+  const int64_t groups_max = (widest + 15) / 16, ldp = (widest + 31) / 32 * 32;
+  at::parallel_for(0, frames * heads * qblocks, grain_for(bm, keys, dim), [&](int64_t begin, int64_t end) {
+    const int64_t lds = groups_max * 16;
+    std::vector<float> s_buf(bm * lds), acc(bm * dpad), m(bm), l(bm), alpha(bm);
+    std::vector<bf16_bits> kpack(groups_max * pairs_d * 32), vpack((ldp / 2) * dpad * 2), pb(bm * ldp);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t fh = task / qblocks, qb = task % qblocks;
+      const int64_t f = fh / heads, h = fh % heads;
+      const int64_t m0 = qb * bm, rows = std::min(bm, tokens - m0);
+      const bf16_bits* qt = q + f * sq_f + h * sq_h + m0 * sq_l;
+      std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
+      std::fill(l.begin(), l.end(), 0.0f);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (const auto& block : blocks) {
+        const int64_t groups = (block.width + 15) / 16, kpairs = (block.width + 1) / 2;
+        std::fill(kpack.begin(), kpack.end(), bf16_bits(0));
+        std::fill(vpack.begin(), vpack.end(), bf16_bits(0));
+        for (const auto& piece : block.pieces) {
+          const at::BFloat16 *kp, *vp;
+          piece_ptrs(sources[piece.source], piece, f, h, &kp, &vp);
+          const int64_t k_row = sources[piece.source].k_row, v_row = sources[piece.source].v_row;
+          for (int64_t r = 0; r < piece.n; ++r) {
+            const int64_t col = piece.col + r, g = col / 16, lane = col % 16;
+            const auto* krow = reinterpret_cast<const bf16_bits*>(kp + r * k_row);
+            const auto* vrow = reinterpret_cast<const bf16_bits*>(vp + r * v_row);
+            for (int64_t p = 0; p < pairs_d; ++p) {
+              bf16_bits* dst = kpack.data() + ((g * pairs_d + p) * 16 + lane) * 2;
+              dst[0] = krow[2 * p];
+              dst[1] = krow[2 * p + 1];
+            }
+            bf16_bits* vdst = vpack.data() + (col / 2) * dpad * 2 + (col % 2);
+            for (int64_t c = 0; c < dim; ++c) vdst[2 * c] = vrow[c];
+          }
+        }
+        for (int64_t i = 0; i < rows; i += 4) {  // S = scale * Q K^T
+          const int64_t ni = std::min<int64_t>(4, rows - i);
+          for (int64_t g = 0; g < groups; g += 4) {
+            const int64_t ng = std::min<int64_t>(4, groups - g);
+            VITA_DISPATCH_4(qk_tile, ni, ng, qt + i * sq_l, sq_l, kpack.data() + g * pairs_d * 32, pairs_d,
+                            s_buf.data() + i * lds + 16 * g, lds, scale)
+          }
+        }
+        softmax_step(s_buf.data(), rows, block.width, lds, m.data(), l.data(), alpha.data());
+        if (&block != &blocks.front()) scale_rows(acc.data(), rows, dpad, dpad, alpha.data());
+        probs_to_bf16(s_buf.data(), lds, rows, block.width, pb.data(), ldp);
+        const int64_t cgroups = dpad / 16;
+        for (int64_t i = 0; i < rows; i += 4) {  // acc += P V
+          const int64_t ni = std::min<int64_t>(4, rows - i);
+          for (int64_t c = 0; c < cgroups; c += 4) {
+            const int64_t nc = std::min<int64_t>(4, cgroups - c);
+            VITA_DISPATCH_4(pv_tile, ni, nc, pb.data() + i * ldp, ldp, vpack.data() + 16 * c * 2, dpad, kpairs,
+                            acc.data() + i * dpad + 16 * c, dpad)
+          }
+        }
+      }
+      at::BFloat16* dst = o + (fh * tokens + m0) * dim;  // out is contiguous
+      for (int64_t i = 0; i < rows; ++i) {
+        const float inv = 1.0f / l[i];
+        lse_ptr[fh * tokens + m0 + i] = m[i] + std::log(l[i]);
+        for (int64_t c = 0; c < dim; ++c) dst[i * dim + c] = at::BFloat16(acc[i * dpad + c] * inv);
+      }
+    }
+  });
+}
+#undef VITA_DISPATCH_4
+#endif  // VITA_X86_ISAS
+
 // -- backward -------------------------------------------------------------------------------------
 
 template <typename T>
@@ -653,9 +877,10 @@ void backward_kernel(const at::Tensor& grad_out, const Inputs& in, const at::Ten
 
 // -- ops ------------------------------------------------------------------------------------------
 
-// bfloat16: the inputs are widened to float32 once (a pass over memory, small next to the
-// attention's GEMMs) and the float32 kernel runs, accumulating in float32 (the local/global
-// gradient sums too); outputs are rounded to bfloat16 at the end, lse stays float32.
+// bfloat16 forward with AVX-512 BF16 and an even head dim: forward_kernel_bf16_dot. Otherwise
+// (and always for the backward) the inputs are widened to float32 once (a pass over memory,
+// small next to the attention's GEMMs) and the float32 kernel runs, accumulating in float32 (the
+// local/global gradient sums too); outputs are rounded to bfloat16 at the end, lse stays float32.
 std::optional<at::Tensor> widen(const std::optional<at::Tensor>& t) {
   if (!t) return std::nullopt;
   return t->to(at::kFloat);
@@ -666,6 +891,15 @@ std::tuple<at::Tensor, at::Tensor> prompt_attention_fwd(
     const std::optional<at::Tensor>& v_local, const std::optional<at::Tensor>& k_global,
     const std::optional<at::Tensor>& v_global, const std::optional<at::Tensor>& k_summary,
     const std::optional<at::Tensor>& v_summary) {
+#if VITA_X86_ISAS
+  if (q.scalar_type() == at::kBFloat16 && q.dim() == 4 && q.size(3) % 2 == 0 && use_bf16_dot()) {
+    const Inputs in = prepare(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary);
+    at::Tensor out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
+    at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+    if (out.numel() > 0) forward_kernel_bf16_dot(in, out, lse);
+    return {out, lse};
+  }
+#endif
   if (q.scalar_type() == at::kBFloat16) {
     check(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary);
     auto [out, lse] = prompt_attention_fwd(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), widen(k_local),
@@ -725,7 +959,8 @@ std::string backend_info() {
 #else
   const bool blas = false;
 #endif
-  return std::string("gemm=") + (blas ? "blas" : "loops");
+  return std::string("gemm=") + (blas ? "blas" : "loops") +
+         " bf16=" + (use_bf16_dot() ? "avx512bf16" : cpu_has_bf16_dot() ? "widened (dot products off)" : "widened");
 }
 
 }  // namespace
@@ -739,6 +974,7 @@ TORCH_LIBRARY(vita_clip_cpu, m) {
       "prompt_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? k_local, Tensor? v_local, "
       "Tensor? k_global, Tensor? v_global, Tensor? k_summary, Tensor? v_summary, Tensor out, Tensor lse) -> Tensor[]");
   m.def("backend_info() -> str", &vita_clip_cpu::backend_info);
+  m.def("set_bf16_dot(bool enabled) -> bool", &vita_clip_cpu::set_bf16_dot);
 }
 
 TORCH_LIBRARY_IMPL(vita_clip_cpu, CPU, m) {

@@ -8,7 +8,8 @@ and a C++ compiler are there at install time; importing it registers
 * ``set_cpu_backend("cpp" | "composite")``, or before the first call the environment variable
   ``VITA_CLIP_CPU_KERNEL`` (``set_cpu_backend`` wins);
 * default ``"cpp"`` (faster than the composite at ViT-B/16 shapes, see ``csrc/README.md``);
-* ``"cpp"`` covers float32, float64 and bfloat16 (computed in float32); float16 takes the composite;
+* ``"cpp"`` covers float32, float64 and bfloat16 (float32 accumulation; the forward with AVX-512
+  BF16 dot products where the CPU has them, see ``csrc/README.md``); float16 takes the composite;
 * if ``"cpp"`` is selected but the extension is missing (not built, or fails to import) the
   composite runs instead, after one warning.
 """

@@ -12,15 +12,16 @@ ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {
     "errors": set(),
     "config_builder": set(),
+    "precision": set(),
     "kernels": set(),
     "data": {"errors", "config_builder"},
     "checkpoints": {"errors", "config_builder"},
     "cli": {"errors", "data"},
-    "models": {"errors", "config_builder", "kernels", "checkpoints", "data"},
-    "inference": {"errors", "config_builder", "checkpoints", "data", "models"},
-    "demo": {"errors", "config_builder", "checkpoints", "data", "models"},
-    "tools": {"errors", "config_builder", "kernels", "checkpoints", "data", "models"},
-    "engine": {"errors", "config_builder", "kernels", "checkpoints", "data", "models", "inference", "demo"},
+    "models": {"errors", "config_builder", "precision", "kernels", "checkpoints", "data"},
+    "inference": {"errors", "config_builder", "precision", "checkpoints", "data", "models"},
+    "demo": {"errors", "config_builder", "precision", "checkpoints", "data", "models"},
+    "tools": {"errors", "config_builder", "precision", "kernels", "checkpoints", "data", "models"},
+    "engine": {"errors", "config_builder", "precision", "kernels", "checkpoints", "data", "models", "inference", "demo"},
 }
 CLIS = {"train", "eval", "predict"}
 

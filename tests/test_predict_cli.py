@@ -9,6 +9,7 @@ import pytest
 
 from helpers import exit_code, save_tiny_checkpoint, write_sliding_clip
 from vita_clip.inference import expand_video_paths, predict
+from vita_clip.precision import resolve_precision
 from vita_clip.predict import main as predict_main
 
 CLASSES = ["left", "right", "up", "down"]
@@ -44,7 +45,7 @@ def test_folder_to_csv_with_a_broken_file_then_resume(folder, checkpoint, tmp_pa
     assert sorted(r["video"].rsplit("/", 1)[1] for r in rows) == [f"clip{i}.webm" for i in range(5)]
     assert "broken.webm" in err and "videos skipped (unreadable; rerun retries them): 1" in err
     assert "4 classes (the checkpoint's)" in err and "text features: the model's own prompts" in err
-    assert "2x1 views" in err and "fp32 on cpu" in err
+    assert "2x1 views" in err and f"{resolve_precision('auto', 'cpu')} on cpu" in err  # auto, resolved on this CPU
     assert all(r["top1"] in CLASSES and 1 >= float(r["p1"]) >= float(r["p2"]) >= float(r["p3"]) > 0 for r in rows)
 
     # the file agrees with the Python API run one video at a time

@@ -42,7 +42,8 @@ from .data.protocols import PROTOCOLS, resolve_classes
 from .engine.distributed import cleanup, init_distributed
 from .engine.evaluate import evaluate_protocol
 from .engine.metrics import plot_confusion, setup_logging
-from .inference import PRECISIONS, load_or_create, model_data_config, parse_views
+from .inference import load_or_create, model_data_config, parse_views
+from .precision import AUTO_HELP, PRECISIONS
 
 
 def format_table(results: dict) -> str:
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--limit", type=int, help="evaluate only the first N videos of each list (smoke tests)")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 on a GPU, fp32 on a CPU")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=AUTO_HELP)
     parser.add_argument("--per-class", action="store_true", help="print the per-class accuracy table")
     parser.add_argument("--output", help="write the results as JSON here (with a per-class CSV and confusion PNGs)")
     add_debug_flag(parser)

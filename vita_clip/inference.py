@@ -1,5 +1,5 @@
 """What evaluation and prediction share: the model to run, its data recipe, its classes, the
-model's preprocessing, the precision, and :func:`predict` (the Python API behind
+model's preprocessing, and :func:`predict` (the Python API behind
 ``python -m vita_clip.predict``)::
 
     import vita_clip
@@ -12,7 +12,6 @@ model's preprocessing, the precision, and :func:`predict` (the Python API behind
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -30,6 +29,7 @@ from .data.dataset import load_clip, plan_clip
 from .data.errors import SkippedSample, VideoDataError
 from .data.transforms import transform_clip
 from .models.registry import create_model, data_recipe, load_model
+from .precision import autocast, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -99,28 +99,6 @@ def parse_views(text: str) -> tuple[int, int]:
         raise ValueError(f"--views must look like 4x3 (clips x crops), got {text!r}") from None
     return clips, crops
 
-
-
-# -- precision -------------------------------------------------------------------------------------
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"``: bf16 on a CUDA device that supports it, else fp32 (on CPUs bf16 autocast is
-    not reliably faster, and fp32 is the reference); other values are checked and returned."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return precision
-
-
-def autocast(device: torch.device, precision: str):
-    """Mixed precision for the forward passes (``"fp32"``: none)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 @torch.no_grad()
@@ -223,8 +201,8 @@ class Predictor:
     """A model ready to classify videos against ``classes`` (default: the model's own).
 
     ``text_source`` says how the class text features are made (the model's own prompts or
-    hand-written templates, and why); ``precision`` is the resolved one (``"auto"``: bf16 on
-    CUDA, fp32 on a CPU)."""
+    hand-written templates, and why); ``precision`` is the resolved one
+    (:func:`~vita_clip.precision.resolve_precision`)."""
 
     def __init__(self, model, classes: Sequence[str] | None = None, templates: str | Sequence[str] | None = None, *,
                  checkpoint=None, frames: int | None = None, views: tuple[int, int] | None = None,

@@ -37,7 +37,8 @@ from tqdm import tqdm
 from .cli import add_debug_flag, user_errors
 from .data.classes import read_class_names
 from .data.errors import VideoDataError, check_on_error, format_skip_report
-from .inference import PRECISIONS, Prediction, Predictor, expand_video_paths, load_or_create, parse_views
+from .inference import Prediction, Predictor, expand_video_paths, load_or_create, parse_views
+from .precision import AUTO_HELP, PRECISIONS
 
 
 class PredictionFile:
@@ -136,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--views", help="temporal clips x spatial crops, e.g. 3x1 (default: the model's recipe)")
     parser.add_argument("--frames", type=int, help="frames per clip (default: the model's)")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="auto: bf16 on a GPU, fp32 on a CPU")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=AUTO_HELP)
     parser.add_argument("--batch-size", type=int, default=8, help="videos per model call")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes")
     parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")

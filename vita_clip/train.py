@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from .cli import add_debug_flag, user_errors
+from .precision import AUTO_HELP, PRECISIONS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--config", default="demo", help="YAML file or shipped config name (default: demo)")
     parser.add_argument("--fused", action="store_true", help="fused prompt-attention kernels (Vita-CLIP; ViFi-CLIP prompts)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help=f"mixed precision of the training and evaluation passes (config: precision, default fp32); "
+                             f"{AUTO_HELP}. The run records the resolved one; resuming with another is refused")
     parser.add_argument("--output-dir", help="where checkpoints, logs, metrics and plots go (config: output_dir)")
     parser.add_argument("--resume", choices=("auto", "force", "never"), default="auto",
                         help="auto (default): continue the run in output_dir if its settings are the same; "
@@ -60,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.fused:
         overrides.append("model.options.fused=true")
+    if args.precision:
+        overrides.append(f"precision={args.precision}")
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     resume = {"auto": True, "force": "force", "never": False}["never" if args.no_resume else args.resume]

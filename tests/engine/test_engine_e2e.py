@@ -63,7 +63,8 @@ def test_train_checkpoint_eval_predict(demo, tmp_path, capsys):
     for (name, a), b in zip(model.state_dict().items(), folder.state_dict().values()):
         assert torch.equal(a, b), name
     assert eval_main(["--checkpoint", str(out / "model.pt"), "--val-list", str(demo.val_list), "--data-root",
-                      str(demo.root), "--views", "2x1", "--workers", "0", "--output", str(tmp_path / "eval.json")]) == 0
+                      str(demo.root), "--views", "2x1", "--workers", "0", "--output", str(tmp_path / "eval.json"),
+                      "--precision", "fp32"]) == 0  # the run's precision (auto may be bf16 on this CPU)
     evaluated = json.loads((tmp_path / "eval.json").read_text())
     assert evaluated["summary"]["top1"] == pytest.approx(result["val"]["top1"])
 

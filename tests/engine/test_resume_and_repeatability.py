@@ -8,14 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
-from vita_clip.config_builder import build
+from vita_clip import precision
+from vita_clip.config_builder import build, config_to_dict
 from vita_clip.demo.dataset import make_demo_dataset
 from vita_clip.engine import trainer
 from vita_clip.engine.config import TrainConfig
 from vita_clip.engine.trainer import train
 from vita_clip.errors import ResumeMismatchError
+from vita_clip.train import main as train_main
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +60,45 @@ def test_changed_settings_are_refused_and_force_applies_them(demo, tmp_path):
     state = torch.load(out / "checkpoint-0000008" / "state.pt", weights_only=True)
     assert state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(2e-3)  # what config.yaml says
     assert state["run_config"]["optim"]["lr"] == pytest.approx(2e-3)
+
+
+def test_train_precision_flag_is_what_runs_is_recorded_and_resumes_only_unchanged(demo, tmp_path, monkeypatch,
+                                                                                   capsys):
+    out = tmp_path / "run"
+    values = config_to_dict(run_config(demo, out, steps=2, save_every=1))
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(values))
+    used = []
+
+    def recording_step(*args, **kwargs):
+        used.append(args[4])  # train_step(model, micro, optimizer, scaler, precision, ...)
+        return real_step(*args, **kwargs)
+
+    real_step = trainer.train_step
+    monkeypatch.setattr(trainer, "train_step", recording_step)
+    argv = ["--config", str(tmp_path / "run.yaml")]
+    assert train_main([*argv, "--precision", "bf16"]) == 0
+    assert used == ["bf16", "bf16"]
+    assert yaml.safe_load((out / "config.yaml").read_text())["precision"] == "bf16"
+    for step in (1, 2):
+        state = torch.load(out / f"checkpoint-{step:07d}" / "state.pt", weights_only=True)
+        assert state["run_config"]["precision"] == "bf16"
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        train_main([*argv, "--precision", "fp32"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "precision: 'bf16' -> 'fp32'" in err and "--resume force" in err
+    assert used == ["bf16", "bf16"]  # nothing ran
+
+    # auto is resolved on the device before the comparison: it resumes the run where it means bf16, not elsewhere
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(SystemExit):
+        train_main([*argv, "--precision", "auto"])
+    assert "precision: 'bf16' -> 'fp32'" in capsys.readouterr().err
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert train_main([*argv, "--precision", "auto"]) == 0  # the finished run, resumed: no step left
+    assert used == ["bf16", "bf16"]
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(demo, tmp_path):

@@ -2,7 +2,9 @@
 
 Tolerance: twice the error of torch's own CPU attention in bfloat16 on the same inputs (the
 composite: flash attention for CPU over the concatenated keys) plus a quarter of bfloat16's
-epsilon. As in test_cpu_extension.py the extension must be built, unless
+epsilon. The forward has two paths, the AVX-512 BF16 dot products (on CPUs that have them)
+and float32 on widened inputs (elsewhere, or switched off by ``set_bf16_dot(False)``): both are
+checked. As in test_cpu_extension.py the extension must be built, unless
 ``VITA_CLIP_ALLOW_NO_EXTENSION=1`` (then these tests skip).
 """
 from __future__ import annotations
@@ -17,9 +19,18 @@ from vita_clip.kernels import prompt_attention as pa
 
 NAMES = PROMPT_ATTENTION_INPUTS
 BF16 = torch.bfloat16
+HAS_BF16_DOT = torch.cpu._is_avx512_bf16_supported()
+needs_bf16_dot = pytest.mark.skipif(not HAS_BF16_DOT, reason="this CPU has no AVX-512 BF16")
 
 
-
+@pytest.fixture(params=["dot", "widened"])
+def bf16_path(request, extension):
+    """Each bfloat16 forward path of the kernel in turn (the dot products only where the CPU has them)."""
+    if request.param == "dot" and not HAS_BF16_DOT:
+        pytest.skip("this CPU has no AVX-512 BF16")
+    assert extension.set_bf16_dot(request.param == "dot") == (request.param == "dot")
+    yield request.param
+    extension.set_bf16_dot(True)
 
 
 def bound(torch_err: float) -> float:
@@ -45,11 +56,14 @@ SHAPES = [  # (videos, frames, tokens, heads, head_dim, local, n_global, summary
     (2, 8, 257, 1, 32, True, 3, True),
     (1, 16, 33, 2, 24, True, 0, False),
     (2, 3, 9, 1, 8, False, 5, False),
+    (1, 3, 197, 2, 64, True, 8, True),   # ViT-B/16's head dim
+    (1, 8, 300, 1, 40, True, 250, True),  # two key blocks (over 512 keys): online softmax across blocks
+    (1, 3, 17, 1, 7, True, 2, True),      # odd head dim: the widened path on every CPU
 ]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}T{}L{}H{}d{}-loc{}-M{}-sum{}".format(*s))
-def test_cpp_bfloat16_matches_float64_reference(extension, shape):
+def test_cpp_bfloat16_matches_float64_reference(extension, bf16_path, shape):
     args = inputs_of(*shape, seed=int(torch.randint(0, 2**31 - 1, ()).item()))
     grad = torch.randn(args[0].shape).to(BF16)
     ref, _ = pa.prompt_attention_reference(*(a.double() if a is not None else None for a in args))
@@ -81,3 +95,21 @@ def test_op_runs_the_cpp_kernel_in_bfloat16(extension):
         assert torch.equal(out, cpp_out) and torch.equal(lse, cpp_lse)
     finally:
         _cpu_extension._backend = saved
+
+
+@needs_bf16_dot
+@pytest.mark.parametrize("shape", SHAPES[:6], ids=lambda s: "B{}T{}L{}H{}d{}-loc{}-M{}-sum{}".format(*s))
+def test_dot_product_and_widened_forwards_agree(extension, shape):
+    """The two forward paths differ only by bfloat16 rounding (P is rounded for P V on the dot path)."""
+    args = inputs_of(*shape, seed=int(torch.randint(0, 2**31 - 1, ()).item()))
+    try:
+        assert extension.set_bf16_dot(True) and "bf16=avx512bf16" in extension.backend_info()
+        dot_out, dot_lse = extension.prompt_attention_fwd(*args)
+        assert not extension.set_bf16_dot(False) and "bf16=widened" in extension.backend_info()
+        out, lse = extension.prompt_attention_fwd(*args)
+    finally:
+        extension.set_bf16_dot(True)
+    eps = torch.finfo(BF16).eps
+    assert dot_out.dtype == BF16 and dot_lse.dtype == torch.float32 and dot_out.is_contiguous()
+    assert 0 < rel_err(dot_out, out) <= 2 * eps  # not the same code, and the same attention
+    assert rel_err(dot_lse, lse) <= 0.25 * eps  # scores and softmax statistics are float32 on both paths

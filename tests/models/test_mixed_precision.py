@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from open_clip.transformer import LayerNorm
 
 from helpers import PROMPT_ATTENTION_INPUTS, prompt_tensors, rel_err
-from vita_clip import create_model
+from vita_clip import create_model, precision
 from vita_clip.kernels import prompt_attention as pa
 from vita_clip.kernels import summary_attention as sa
 from vita_clip.models.vita_vision import SummaryAttention
@@ -201,3 +201,33 @@ def test_fused_model_under_autocast(tiny_classes, dtype, frames):
         assert g.dtype == torch.float32, name
         torch_err = max(rel_err(their_grads[name], ref_grads[name], floor), pooled)
         assert rel_err(g, ref_grads[name], floor) <= bound(torch_err, dtype), name
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["vita-clip-tiny", "vifi-clip-tiny-prompting"])
+def test_weights_cast_once_give_autocast_bit_for_bit(tiny_classes, name, dtype):
+    """The fused layers' frozen weights cast once (precision.autocast_linear) against autocast
+    casting them in every call: the same logits and gradients, bit for bit, after an inference
+    pass under inference_mode has made the copies."""
+    torch.manual_seed(0)
+    model = create_model(name, tiny_classes, num_frames=3, fused=True)
+    video = torch.randn(2, 3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    labels = torch.tensor([0, 2])
+    previous = precision.set_cast_cache(True)
+    try:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype):
+            cached = model.eval()(video)
+        copies = [n for n, p in model.named_parameters() if precision._CAST_ATTR in p.__dict__]
+        assert any("in_proj_weight" in n for n in copies) and any("mlp.c_fc" in n for n in copies)
+        logits, grads = model_logits_and_grads(model.train(), video, labels, dtype)
+        precision.set_cast_cache(False)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype):
+            assert torch.equal(model.eval()(video), cached)
+        model.zero_grad()
+        their_logits, their_grads = model_logits_and_grads(model.train(), video, labels, dtype)
+    finally:
+        precision.set_cast_cache(previous)
+    assert torch.equal(logits, their_logits)
+    assert grads.keys() == their_grads.keys()
+    for n, g in grads.items():
+        assert torch.equal(g, their_grads[n]), n

@@ -11,9 +11,7 @@ from pathlib import Path
 
 from ..config_builder import apply_overrides, build, read_yaml
 from ..data.config import DataSection
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-
+from ..precision import PRECISIONS
 
 DEMO_PRETRAINED = "demo"
 
@@ -53,7 +51,9 @@ class OptimSection:
 @dataclass
 class TrainConfig:
     """A training run. ``batch_size`` is the global batch of one optimizer step, summed over
-    processes; each process runs micro-batches of ``micro_batch_size`` and accumulates."""
+    processes; each process runs micro-batches of ``micro_batch_size`` and accumulates.
+    ``precision`` may be ``auto``: the run resolves it on its device
+    (:func:`~vita_clip.precision.resolve_precision`) and records the concrete one."""
 
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -75,7 +75,7 @@ class TrainConfig:
     def __post_init__(self):
         problems = []
         if self.precision not in PRECISIONS:
-            problems.append(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
+            problems.append(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("steps", "batch_size", "micro_batch_size", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: expected a positive integer, got {getattr(self, name)}")

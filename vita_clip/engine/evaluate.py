@@ -20,7 +20,8 @@ from ..data.dataset import VideoDataset
 from ..data.errors import SkippedSample, VideoDataError
 from ..data.loader import VideoLoader
 from ..data.protocols import PROTOCOLS, class_names, combine, locate_videos, split_classes, split_file
-from ..inference import autocast, classify_views, resolve_precision, use_classes
+from ..inference import classify_views, use_classes
+from ..precision import autocast, resolve_precision
 from .distributed import DistInfo, all_reduce_sum
 from .metrics import topk_correct
 

@@ -13,7 +13,6 @@ global batch even when some samples were skipped (unreadable videos).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..precision import autocast
 from .distributed import DistInfo, all_reduce_sum, all_reduce_sum_flat
 
 
@@ -30,13 +30,6 @@ class StepResult:
     correct: int
     samples: int
     grad_norm: float | None
-
-
-def autocast_context(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def train_step(model: nn.Module, micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
@@ -52,7 +45,7 @@ def train_step(model: nn.Module, micro_batches: list[tuple[torch.Tensor, torch.T
     total = int(all_reduce_sum(counts, dist_info).item())
     scale = scaler.scale if scaler is not None else (lambda x: x)
 
-    with autocast_context(device, precision):
+    with autocast(device, precision):
         text = model.encode_text()
     text_leaf = text.detach().requires_grad_(text.requires_grad)
     # loss and hits stay on the device: no host sync per micro-batch
@@ -60,7 +53,7 @@ def train_step(model: nn.Module, micro_batches: list[tuple[torch.Tensor, torch.T
     for video, labels in micro_batches:
         if len(labels) == 0:
             continue
-        with autocast_context(device, precision):
+        with autocast(device, precision):
             logits = model(video, text_features=text_leaf)
         loss = F.cross_entropy(logits.float(), labels, reduction="sum") / max(total, 1)
         scale(loss).backward()

@@ -20,6 +20,7 @@ from ..data.errors import format_skip_report
 from ..data.protocols import SPLIT_FILES, resolve_classes, split_file
 from ..errors import ResumeMismatchError
 from ..models.registry import create_model, get_model_config
+from ..precision import resolve_precision
 from .batches import StepBatches
 from .config import DEMO_PRETRAINED, TrainConfig
 from .distributed import DistInfo, barrier, broadcast_, cleanup, init_distributed
@@ -133,11 +134,15 @@ def train(config: TrainConfig, resume: bool | str = True) -> dict:
 
     ``resume``: ``True`` continues the newest intact checkpoint in ``output_dir`` when its run
     config equals this one (else :class:`~vita_clip.errors.ResumeMismatchError` lists the
-    keys), ``"force"`` continues it with this config's values (optimizer settings and schedule
-    included; ``results.json`` records the changes), ``False`` starts afresh."""
+    keys), ``"force"`` continues it with this config's values (optimizer settings, schedule and
+    precision included; ``results.json`` records the changes), ``False`` starts afresh.
+    ``config.precision="auto"`` is resolved on the run's device first, so a resume on a device
+    where ``auto`` means another precision is refused like any other changed setting."""
     if resume not in RESUME_MODES:
         raise ValueError(f"resume: expected true, false or 'force', got {resume!r}")
     device = resolve_device(config.device)
+    # the concrete precision is what the run records and what a resume is compared against
+    config = replace(config, precision=resolve_precision(config.precision, device))
     dist_info = init_distributed(device)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:

@@ -12,6 +12,8 @@ import torch
 from open_clip.transformer import QuickGELU
 from torch import nn
 
+from ..precision import autocast_linear
+
 
 class LeanQuickGELU(torch.autograd.Function):
     @staticmethod
@@ -28,13 +30,14 @@ class LeanQuickGELU(torch.autograd.Function):
 
 def frozen_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``mlp(x)`` for an open_clip MLP (``c_fc``, ``gelu``, ``c_proj``) with a QuickGELU: through
-    :class:`LeanQuickGELU` when gradients are recorded, in place otherwise."""
+    :class:`LeanQuickGELU` when gradients are recorded, in place otherwise; the weights through
+    :func:`~vita_clip.precision.autocast_linear` (cast once under autocast)."""
     plain = [name for name, _ in mlp.named_children()] == ["c_fc", "gelu", "c_proj"]
     if not (plain and isinstance(mlp.gelu, QuickGELU)):
         return mlp(x)
-    hidden = mlp.c_fc(x)
+    hidden = autocast_linear(x, mlp.c_fc.weight, mlp.c_fc.bias)
     if torch.is_grad_enabled() and hidden.requires_grad:
-        return mlp.c_proj(LeanQuickGELU.apply(hidden))
+        return autocast_linear(LeanQuickGELU.apply(hidden), mlp.c_proj.weight, mlp.c_proj.bias)
     # no autograd: one temporary instead of three (each a fresh tokens x 4 width allocation)
     gate = torch.sigmoid_(hidden * 1.702)
-    return mlp.c_proj(hidden.mul_(gate))
+    return autocast_linear(hidden.mul_(gate), mlp.c_proj.weight, mlp.c_proj.bias)

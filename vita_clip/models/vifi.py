@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config_builder import replace
 from ..kernels.prompt_attention import prompt_attention
+from ..precision import autocast_copy, autocast_linear
 from .activations import frozen_mlp
 from .backbone import create_backbone, freeze, patch_tokens
 from .classifier import VideoTextClassifier, check_classnames, check_video
@@ -186,13 +187,14 @@ def _fused_shared_prompt_block(block: nn.Module, x: torch.Tensor, prompts: torch
     attn = block.attn
     heads = attn.num_heads
     head_dim = d // heads
-    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    in_weight, in_bias = autocast_copy(attn.in_proj_weight), autocast_copy(attn.in_proj_bias)  # cast once
+    qkv = autocast_linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
     q, k, v = qkv.view(f, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (F, H, N, hd) each
-    kv = F.linear(block.ln_1(prompts), attn.in_proj_weight[d:], attn.in_proj_bias[d:]).unflatten(-1, (2, heads, head_dim))
+    kv = F.linear(block.ln_1(prompts), in_weight[d:], in_bias[d:]).unflatten(-1, (2, heads, head_dim))
     k_prompts, v_prompts = (kv.select(-3, j).transpose(0, 1) for j in (0, 1))  # (H, n_prompts, hd)
     out = prompt_attention(q, k, v, None, None, k_prompts, v_prompts, None, None)
     # a view, no copy: the op writes (F, H, N, hd) with the strides of a contiguous (F, N, H, hd)
-    x = x + block.ls_1(F.linear(out.transpose(1, 2).reshape(f, n, d), attn.out_proj.weight, attn.out_proj.bias))
+    x = x + block.ls_1(autocast_linear(out.transpose(1, 2).reshape(f, n, d), attn.out_proj.weight, attn.out_proj.bias))
     return x + block.ls_2(frozen_mlp(block.mlp, block.ln_2(x)))
 
 

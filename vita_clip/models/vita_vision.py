@@ -27,6 +27,7 @@ from torch import nn
 # (setup.py's package_dir): the Triton kernels, the C++ CPU kernel and the eager references.
 from ..kernels.prompt_attention import prompt_attention
 from ..kernels.summary_attention import summary_attention
+from ..precision import autocast_copy, autocast_linear
 from .activations import frozen_mlp
 from .backbone import freeze, patch_tokens
 
@@ -233,11 +234,13 @@ class VitaVisionTransformer(nn.Module):
         attn = block.attn
         heads = attn.num_heads
         head_dim = d // heads
-        qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+        # frozen weights through autocast_linear: cast once under autocast, not in every call
+        in_weight, in_bias = autocast_copy(attn.in_proj_weight), autocast_copy(attn.in_proj_bias)
+        qkv = autocast_linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
         q, k, v = qkv.view(f, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (F, H, N, hd) each
 
         def prompt_kv(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            kv = F.linear(block.ln_1(tokens), attn.in_proj_weight[d:], attn.in_proj_bias[d:])
+            kv = F.linear(block.ln_1(tokens), in_weight[d:], in_bias[d:])
             kv = kv.unflatten(-1, (2, heads, head_dim))
             return kv.select(-3, 0), kv.select(-3, 1)  # (..., H, hd)
 
@@ -252,7 +255,7 @@ class VitaVisionTransformer(nn.Module):
             k_global, v_global = (p.transpose(0, 1) for p in prompt_kv(self.global_prompts[i].to(x.dtype)))  # (H, M, hd)
         out = prompt_attention(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary)
         # a view, no copy: the op writes (F, H, N, hd) with the strides of a contiguous (F, N, H, hd)
-        out = F.linear(out.transpose(1, 2).reshape(f, n, d), attn.out_proj.weight, attn.out_proj.bias)
+        out = autocast_linear(out.transpose(1, 2).reshape(f, n, d), attn.out_proj.weight, attn.out_proj.bias)
         x = x + block.ls_1(out)
         return x + block.ls_2(frozen_mlp(block.mlp, block.ln_2(x)))
 
