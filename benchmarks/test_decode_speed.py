@@ -9,8 +9,9 @@ original) and ``cpu / peer`` (goal: >= 1.5 against every peer at x264 defaults).
 
 Same frames: before timing, each decoder's frames are compared, bit for bit, with a full
 sequential decode converted to RGB the way that decoder converts: ours with bilinear chroma
-(like DALI, :func:`~vita_clip.data.decode_cpu.frame_to_rgb`), decord and torchcodec with
-swscale's default conversion (``VideoFrame.to_ndarray(format="rgb24")``). The two conversions
+(like DALI: swscale's rgb24 conversion with :data:`~vita_clip.data.decode_cpu.RGB_CONVERSION`,
+which :func:`~vita_clip.data.decode_cpu.frame_to_rgb` reproduces bit for bit by a faster route),
+decord and torchcodec with swscale's default conversion (``VideoFrame.to_ndarray(format="rgb24")``). The two conversions
 differ by up to ~120 levels on sharp colour edges (mean ~1.4 levels), so pixel values are not
 compared across the two groups; the frames are the same.
 
@@ -32,7 +33,7 @@ import torch
 
 from recording import report_ratio
 from vita_clip.data import read_frames
-from vita_clip.data.decode_cpu import frame_to_rgb
+from vita_clip.data.decode_cpu import RGB_CONVERSION
 from vita_clip.data.sampling import dense_train_indices, sample_rngs
 from vita_clip.demo.dataset import write_video
 
@@ -80,7 +81,7 @@ def full_decodes(clips):
     for name, path in clips.items():
         with av.open(path) as container:
             frames = sorted(container.decode(video=0), key=lambda f: f.pts)
-        out[name] = (np.stack([frame_to_rgb(f) for f in frames]),
+        out[name] = (np.stack([f.reformat(format="rgb24", interpolation=RGB_CONVERSION).to_ndarray() for f in frames]),
                      np.stack([f.to_ndarray(format="rgb24") for f in frames]))
     return out
 
