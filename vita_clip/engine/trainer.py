@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -251,9 +252,12 @@ def _train(config: TrainConfig, resume, device: torch.device, dist_info: DistInf
             window["correct"] += result.correct
             window["samples"] += result.samples
             grad_norm = result.grad_norm
+            scheduler.step()
         else:  # no process has a readable video: no optimizer step (it would still move the weights)
             logger.warning("step %d: no readable video in the batch; the step is skipped", done)
-        scheduler.step()
+            with warnings.catch_warnings():  # the schedule follows the step number, stepped or not
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                scheduler.step()
         bar.update(1)
         if done % config.log_every == 0 or done == config.steps:
             elapsed = time.perf_counter() - window["time"]
