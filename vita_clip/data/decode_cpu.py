@@ -197,6 +197,10 @@ class _NalParser:
     def is_disposable(self, data: bytes) -> bool:
         """True only for a packet that surely holds nothing but a non-reference picture (and SEI
         or delimiters): no parameter set, no reference slice, nothing unknown."""
+        size = self.length_size
+        if size is not None and not self.hevc and len(data) > size and int.from_bytes(data[:size], "big") == len(data) - size:
+            header = data[size]  # one H.264 NAL unit (most MP4/MKV packets): a non-reference slice?
+            return header & 0xE0 == 0 and header & 31 in (1, 5)
         units = self.headers(data)
         if not units:
             return False
