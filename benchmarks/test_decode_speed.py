@@ -3,14 +3,18 @@ side in one run: the project's CPU decoder, its peers decord and torchcodec, and
 
 The baseline is what the original code does: decode every frame with PyAV, keep them, convert
 the 8 sampled ones to RGB. Every decoder gets the same files and frame indices and one thread
-(torch's intra-op threads are set to 1 as well, for torchcodec). The ratios printed at the end
-are of throughputs measured in this run: ``provider / pyav_all_frames`` (speed-up over the
-original) and ``cpu / peer`` (goal: >= 1.5 against every peer at x264 defaults).
+(torch's intra-op threads are set to 1 as well, for torchcodec). The decoders of a clip are
+timed in interleaved rounds (one round = the 8 clips; each round times every decoder once, in a
+rotating order), so that other work on a shared machine slows them alike. The ratios printed
+at the end are of median throughputs measured in this run: ``provider / pyav_all_frames``
+(speed-up over the original) and ``cpu / peer`` (goal: >= 1.5 against every peer at x264
+defaults); the "Paired ratios" sections give ours / peer within each round, median and range.
 
 Same frames: before timing, each decoder's frames are compared, bit for bit, with a full
 sequential decode converted to RGB the way that decoder converts: ours with bilinear chroma
-(like DALI, :func:`~vita_clip.data.decode_cpu.frame_to_rgb`), decord and torchcodec with
-swscale's default conversion (``VideoFrame.to_ndarray(format="rgb24")``). The two conversions
+(like DALI: swscale's rgb24 conversion with :data:`~vita_clip.data.decode_cpu.RGB_CONVERSION`,
+which :func:`~vita_clip.data.decode_cpu.frame_to_rgb` reproduces bit for bit by a faster route),
+decord and torchcodec with swscale's default conversion (``VideoFrame.to_ndarray(format="rgb24")``). The two conversions
 differ by up to ~120 levels on sharp colour edges (mean ~1.4 levels), so pixel values are not
 compared across the two groups; the frames are the same.
 
@@ -25,14 +29,17 @@ Run: ``pytest benchmarks/test_decode_speed.py --benchmark-only`` (the peers are 
 extra: ``pip install -e .[bench]``; torchcodec also needs FFmpeg's shared libraries; a peer
 that does not import is skipped).
 """
+import statistics
+import time
+
 import av
 import numpy as np
 import pytest
 import torch
 
-from recording import report_ratio
+from recording import add_section, record, report_ratio
 from vita_clip.data import read_frames
-from vita_clip.data.decode_cpu import frame_to_rgb
+from vita_clip.data.decode_cpu import RGB_CONVERSION
 from vita_clip.data.sampling import dense_train_indices, sample_rngs
 from vita_clip.demo.dataset import write_video
 
@@ -42,7 +49,8 @@ CLIPS = {"h264_x264_defaults": dict(codec="h264", options=X264_DEFAULTS),
          "h264_gop16": dict(codec="h264", gop=16, options=X264_DEFAULTS),
          "vp9": dict(codec="vp9")}
 CLIPS_PER_ROUND = 8
-ROUNDS = 5
+WARMUP_ROUNDS = 1
+ROUNDS = 9
 BASELINE = "pyav_all_frames"
 OURS = "cpu (PyAV, reference frames only)"
 PEER_GOAL = ">= 1.5"
@@ -80,7 +88,7 @@ def full_decodes(clips):
     for name, path in clips.items():
         with av.open(path) as container:
             frames = sorted(container.decode(video=0), key=lambda f: f.pts)
-        out[name] = (np.stack([frame_to_rgb(f) for f in frames]),
+        out[name] = (np.stack([f.reformat(format="rgb24", interpolation=RGB_CONVERSION).to_ndarray() for f in frames]),
                      np.stack([f.to_ndarray(format="rgb24") for f in frames]))
     return out
 
@@ -112,82 +120,100 @@ def group_of(clip):
     return f"decode 8x16 of a 10 s clip ({clip})"
 
 
-def measure_decoder(measure, provider, clip, decode, index_sets):
-    """Time ``decode`` over a round of 8 clips; speed-ups are printed at the end."""
-    def one_round():
-        for indices in index_sets:
-            decode(indices)
-
-    group = group_of(clip)
-    measure(group, provider, one_round, rounds=ROUNDS, items=CLIPS_PER_ROUND, item_unit="clips")
-    if provider != BASELINE:
-        report_ratio(group, provider, BASELINE, metric="throughput")  # = how many times faster than the original
-    if provider not in (BASELINE, OURS):
-        report_ratio(group, OURS, provider, metric="throughput", goal=PEER_GOAL if "h264" in clip else "")
-
-
 def check_same_frames(decode, reference, index_sets):
     for indices in index_sets:
         frames = np.asarray(decode(indices))
         assert frames.shape == reference[indices].shape and np.array_equal(frames, reference[indices]), indices
 
 
-@pytest.mark.parametrize("clip", sorted(CLIPS))
-def test_pyav_all_frames_baseline(measure, clips, full_decodes, index_sets, clip):
-    check_same_frames(lambda idx: pyav_all_frames(clips[clip], idx), full_decodes[clip][1], index_sets[:2])
-    measure_decoder(measure, BASELINE, clip, lambda idx: pyav_all_frames(clips[clip], idx), index_sets)
+def peer_decoders(path):
+    """(name, decode) of the peers that import here, each given one thread."""
+    peers = []
+    try:
+        import decord
 
-
-@pytest.mark.parametrize("clip", sorted(CLIPS))
-def test_cpu_backend(measure, clips, full_decodes, index_sets, clip):
-    check_same_frames(lambda idx: read_frames(clips[clip], idx), full_decodes[clip][0], index_sets)
-    measure_decoder(measure, OURS, clip, lambda idx: read_frames(clips[clip], idx), index_sets)
-
-
-@pytest.mark.parametrize("clip", sorted(CLIPS))
-def test_decord(measure, clips, full_decodes, index_sets, clip):
-    decord = pytest.importorskip("decord")
-
-    def decode(indices):
-        return decord.VideoReader(clips[clip], num_threads=1).get_batch(indices).asnumpy()
-
-    check_same_frames(decode, full_decodes[clip][1], index_sets)
-    measure_decoder(measure, f"decord {decord.__version__}", clip, decode, index_sets)
-
-
-@pytest.mark.parametrize("seek_mode", ["exact", "approximate"])
-@pytest.mark.parametrize("clip", sorted(CLIPS))
-def test_torchcodec(measure, clips, full_decodes, index_sets, clip, seek_mode):
+        peers.append((f"decord {decord.__version__}",
+                      lambda idx: decord.VideoReader(path, num_threads=1).get_batch(idx).asnumpy()))
+    except ImportError:
+        pass
     try:
         import torchcodec
         from torchcodec.decoders import VideoDecoder
-    except (ImportError, RuntimeError, OSError) as e:  # RuntimeError: FFmpeg's libraries not found
-        pytest.skip(f"torchcodec not usable: {str(e).splitlines()[0]}")
-
-    def decode(indices):
-        decoder = VideoDecoder(clips[clip], num_ffmpeg_threads=1, seek_mode=seek_mode)
-        return decoder.get_frames_at(indices).data.permute(0, 2, 3, 1).numpy()
-
-    check_same_frames(decode, full_decodes[clip][1], index_sets)
+    except (ImportError, RuntimeError, OSError):  # RuntimeError: FFmpeg's libraries not found
+        return peers
     version = torchcodec.__version__.split("+")[0]
-    measure_decoder(measure, f"torchcodec {version} ({seek_mode} seek)", clip, decode, index_sets)
+    for seek_mode in ("exact", "approximate"):
+        def decode(idx, seek_mode=seek_mode):
+            decoder = VideoDecoder(path, num_ffmpeg_threads=1, seek_mode=seek_mode)
+            return decoder.get_frames_at(idx).data.permute(0, 2, 3, 1).numpy()
+        peers.append((f"torchcodec {version} ({seek_mode} seek)", decode))
+    return peers
 
 
-def test_dali_cpu(measure, clips, index_sets):
-    pytest.importorskip("nvidia.dali")
+def dali_decoder(path, index_sets):
+    """DALI's CPU decoder through the DALI loader path (one pipeline run per clip), or None."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return None
     from vita_clip.data import DataConfig, SamplingConfig, VideoDataset
     from vita_clip.data.decode_dali import DaliDecoder
 
-    # one file, decoded through the DALI loader path (one pipeline run per clip)
-    list_file = clips["vp9"] + ".txt"
+    list_file = path + ".txt"
     with open(list_file, "w") as f:
-        f.write(f"{clips['vp9']} 0\n")
+        f.write(f"{path} 0\n")
     dataset = VideoDataset(list_file, config=DataConfig(sampling=SamplingConfig(num_frames=8, stride=16)))
     decoder = DaliDecoder(dataset, batch_size=1, device=None)
-    decoder.decode_frames(clips["vp9"], [0])  # index the file once, as the loader does after its first epoch
+    decoder.decode_frames(path, [0])  # index the file once, as the loader does after its first epoch
 
     def decode(indices):
-        return decoder.decode_frames(clips["vp9"], indices)
+        return decoder.decode_frames(path, indices)
 
-    assert np.abs(decode(index_sets[0]).numpy().astype(int) - read_frames(clips["vp9"], index_sets[0])).max() <= 1
-    measure_decoder(measure, "dali (CPU decoder)", "vp9", decode, index_sets)
+    assert np.abs(decode(index_sets[0]).numpy().astype(int) - read_frames(path, index_sets[0])).max() <= 1
+    return decode
+
+
+@pytest.mark.parametrize("clip", sorted(CLIPS))
+def test_decoders_side_by_side(once, clips, full_decodes, index_sets, clip):
+    """Every decoder's frames are checked, then all are timed in interleaved rounds (each round
+    times every decoder once, in a rotating order), so that load from other work on the machine
+    falls on all of them alike; the per-round ratios give the spread of ours / each peer."""
+    path = clips[clip]
+    ours_frames, swscale_frames = full_decodes[clip]
+    decoders = [(BASELINE, lambda idx: pyav_all_frames(path, idx)), (OURS, lambda idx: read_frames(path, idx))]
+    check_same_frames(decoders[0][1], swscale_frames, index_sets[:2])
+    check_same_frames(decoders[1][1], ours_frames, index_sets)
+    for name, decode in peer_decoders(path):
+        check_same_frames(decode, swscale_frames, index_sets)
+        decoders.append((name, decode))
+    dali = dali_decoder(path, index_sets) if clip == "vp9" else None
+    if dali is not None:
+        decoders.append(("dali (CPU decoder)", dali))
+
+    def rounds():
+        times = {name: [] for name, _ in decoders}
+        for r in range(WARMUP_ROUNDS + ROUNDS):
+            for name, decode in decoders[r % len(decoders):] + decoders[:r % len(decoders)]:
+                start = time.perf_counter()
+                for indices in index_sets:
+                    decode(indices)
+                if r >= WARMUP_ROUNDS:
+                    times[name].append(time.perf_counter() - start)
+        return times
+
+    times = once(group_of(clip), rounds)
+    group = group_of(clip)
+    for name, values in times.items():
+        rates = [CLIPS_PER_ROUND / t for t in values]
+        record(group, name, "throughput", statistics.median(rates), "clips/s", values=rates)
+        if name != BASELINE:
+            report_ratio(group, name, BASELINE, metric="throughput")  # = how many times faster than the original
+        if name not in (BASELINE, OURS):
+            report_ratio(group, OURS, name, metric="throughput", goal=PEER_GOAL if "h264" in clip else "")
+    peers = [name for name in times if name not in (BASELINE, OURS)]
+    lines = []
+    for name in peers:  # ours / peer within each round: the spread of the ratio under the machine's load
+        paired = sorted(b / a for a, b in zip(times[OURS], times[name]))
+        lines.append(f"- ours / {name}: median {statistics.median(paired):.2f}, "
+                     f"min-max {paired[0]:.2f}-{paired[-1]:.2f} over {len(paired)} rounds")
+    add_section(f"Paired ratios, {group}", lines)

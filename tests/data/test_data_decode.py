@@ -92,3 +92,25 @@ def test_in_memory_source_uses_the_given_name(clips):
         assert read_index_pattern(reader.read([12])).tolist() == [12]
     with pytest.raises(VideoDataError, match="^memory.mp4: not a readable video container"):
         VideoReader(io.BytesIO(b"\x00" * 100), name="memory.mp4")
+
+
+@pytest.mark.parametrize("pixel_format", ["yuv420p", "yuvj420p", "nv12", "yuv422p", "yuv444p", "yuv420p10le", "gray"])
+def test_rgb_conversion_is_swscales_rgb24_conversion_bit_for_bit(pixel_format):
+    # frame_to_rgb takes a faster planar route; it must give exactly what the rgb24 conversion
+    # with the same flags gives (odd sizes included: odd heights of 4:2:0 take the rgb24 route)
+    from av.video.reformatter import VideoReformatter
+
+    from vita_clip.data.decode_cpu import RGB_CONVERSION
+
+    rng = np.random.default_rng()
+    reference = VideoReformatter()
+    for width, height in [(340, 256), (341, 257), (17, 9), (1, 1), (33, 66), (258, 343), (640, 360)]:
+        frame = av.VideoFrame(width, height, pixel_format)
+        for plane in frame.planes:
+            view = memoryview(plane)
+            values = rng.integers(0, 256, size=len(view), dtype=np.uint8)
+            if pixel_format.endswith("10le"):
+                values[1::2] &= 3  # little-endian 10-bit samples
+            view[:] = values.tobytes()
+        expected = reference.reformat(frame, format="rgb24", interpolation=RGB_CONVERSION, threads=1).to_ndarray()
+        assert np.array_equal(frame_to_rgb(frame), expected), (pixel_format, width, height)

@@ -160,3 +160,39 @@ def test_a_training_run_without_readable_samples_stops_after_max_empty_steps(vid
     with pytest.raises(VideoDataError, match=r"2 consecutive steps \(up to step 2\) had no readable video"):
         train_from(tmp_path, run_config(tmp_path, lst, videos, max_empty_steps=2))
     assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
+def test_a_training_run_reports_its_odd_videos_with_list_file_and_line(videos, tmp_path):
+    """A file cut short is trained on, with a warning, and the run's report lists it once."""
+    import json
+
+    lst = tmp_path / "train.txt"
+    lst.write_text(f"{clip_name()} 0\ncut.mp4 1\n")
+    values = run_config(tmp_path, lst, videos)
+    values["steps"] = 2
+    final = train_from(tmp_path, values)
+    assert final["odd_train_videos"] == 1 and final["skipped_train_videos"] == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["odd_train_videos"] == 1
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "training videos used but odd: 1" in log
+    (line,) = [line for line in log.splitlines() if line.startswith(f"  - {videos / 'cut.mp4'}: ")]
+    assert "ends early against its header" in line and line.endswith(f"(listed in {lst}, line 2)")
+
+
+def test_a_step_without_readable_videos_is_skipped_not_stepped(videos, tmp_path, monkeypatch):
+    """Below data.max_empty_steps an empty step makes no optimizer step (AdamW would still move
+    the weights: weight decay and momentum); steps with data train as usual."""
+    import vita_clip.engine.trainer as trainer
+
+    stepped = []
+    real_step = trainer.train_step
+    monkeypatch.setattr(trainer, "train_step", lambda model, micro, *a, **k: stepped.append(len(micro)) or real_step(model, micro, *a, **k))
+    lst = tmp_path / "train.txt"
+    lst.write_text(f"{clip_name()} 0\ngone.mp4 1\n")
+    values = run_config(tmp_path, lst, videos, max_empty_steps=3)
+    values.update(steps=4, batch_size=1, micro_batch_size=1)
+    final = train_from(tmp_path, values)
+    # each step draws one of the two videos: the steps with the readable one train, the others are skipped
+    assert 0 < len(stepped) < 4 and all(stepped) and final["skipped_train_videos"] == 4 - len(stepped)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.count("no readable video in the batch; the step is skipped") == 4 - len(stepped)

@@ -185,16 +185,29 @@ def check_readable(dataset: VideoDataset, sample: int = 8) -> int:
 
 class EmptyStepGuard:
     """Counts consecutive training steps without a single readable sample; after ``limit`` of
-    them the run stops with an error instead of stepping on nothing (0 disables the check)."""
+    them the run stops with an error instead of stepping on nothing (0 disables the check).
+
+    Under torchrun every process must take the same decision: give :meth:`count` the samples of
+    the step summed over the processes, and :meth:`error` the skipped records gathered from all
+    of them (what :func:`~vita_clip.engine.batches.check_step_samples` does), so that all stop
+    together with the same message rather than one stopping while the others wait for it."""
 
     def __init__(self, limit: int):
         if limit < 0:
             raise ValueError(f"data.max_empty_steps must be >= 0, got {limit}")
         self.limit, self.empty = limit, 0
 
-    def check(self, step: int, samples: int, skipped: list[SkippedSample]) -> None:
+    def count(self, samples: int) -> bool:
+        """Count a step with ``samples`` readable samples; True when the run must stop."""
         self.empty = self.empty + 1 if samples == 0 else 0
-        if self.limit and self.empty >= self.limit:
-            last = f"; last skipped: {skipped[-1]}" if skipped else ""
-            raise VideoDataError("training data", f"{self.empty} consecutive steps (up to step {step + 1}) had no "
-                                 f"readable video (data.max_empty_steps={self.limit}){last}")
+        return bool(self.limit) and self.empty >= self.limit
+
+    def error(self, step: int, skipped: list[SkippedSample]) -> VideoDataError:
+        last = f"; last skipped: {skipped[-1]}" if skipped else ""
+        return VideoDataError("training data", f"{self.empty} consecutive steps (up to step {step + 1}) had no "
+                              f"readable video (data.max_empty_steps={self.limit}){last}")
+
+    def check(self, step: int, samples: int, skipped: list[SkippedSample]) -> None:
+        """:meth:`count`, raising :meth:`error` when the run must stop (one process)."""
+        if self.count(samples):
+            raise self.error(step, skipped)

@@ -67,6 +67,15 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return values
 
 
+def all_gather_lists(items: list, info: DistInfo) -> list:
+    """The concatenation, in rank order, of every process's ``items`` (picklable objects)."""
+    if not info.enabled:
+        return list(items)
+    parts: list = [None] * info.world_size
+    dist.all_gather_object(parts, list(items))
+    return [item for part in parts for item in part]
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -11,7 +11,6 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
@@ -22,7 +21,7 @@ from ..data.loader import VideoLoader
 from ..data.protocols import PROTOCOLS, class_names, combine, locate_videos, split_classes, split_file
 from ..inference import classify_views, use_classes
 from ..precision import autocast, resolve_precision
-from .distributed import DistInfo, all_reduce_sum
+from .distributed import DistInfo, all_gather_lists, all_reduce_sum
 from .metrics import topk_correct
 
 logger = logging.getLogger(__name__)
@@ -62,14 +61,6 @@ class EvalResult:
                 "per_class_top1": self.per_class, "videos": self.videos, "skipped": len(self.skipped)}
 
 
-def _gather_skipped(skipped: list[SkippedSample], dist_info: DistInfo) -> list[SkippedSample]:
-    if not dist_info.enabled:
-        return skipped
-    parts: list = [None] * dist_info.world_size
-    dist.all_gather_object(parts, skipped)
-    return [s for part in parts for s in part]
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: VideoDataset, batch_size: int = 4, device: torch.device | None = None,
              precision: str = "fp32", dist_info: DistInfo | None = None, num_workers: int = 0,
@@ -103,7 +94,7 @@ def evaluate(model: nn.Module, dataset: VideoDataset, batch_size: int = 4, devic
             progress.update(len(labels) + len(batch["skipped"]))
     all_reduce_sum(totals, dist_info)
     all_reduce_sum(confusion, dist_info)
-    skipped = _gather_skipped(list(loader.skipped), dist_info)
+    skipped = all_gather_lists(loader.skipped, dist_info)
     model.train(was_training)
     n = int(confusion.sum())
     if n == 0:

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,9 +22,9 @@ from ..data.protocols import SPLIT_FILES, resolve_classes, split_file
 from ..errors import ResumeMismatchError
 from ..models.registry import create_model, get_model_config
 from ..precision import resolve_precision
-from .batches import StepBatches
+from .batches import StepBatches, check_step_samples
 from .config import DEMO_PRETRAINED, TrainConfig
-from .distributed import DistInfo, barrier, broadcast_, cleanup, init_distributed
+from .distributed import DistInfo, all_gather_lists, barrier, broadcast_, cleanup, init_distributed
 from .evaluate import evaluate
 from .metrics import MetricsWriter, plot_metrics, setup_logging
 from .optim import build_optimizer, build_scheduler, lr_factor
@@ -239,19 +240,29 @@ def _train(config: TrainConfig, resume, device: torch.device, dist_info: DistInf
                           pin_memory=device.type == "cuda", device=device)
     bar = tqdm(total=config.steps, initial=start, desc="train", disable=not dist_info.is_main, dynamic_ncols=True)
     skipped_total: list = []
+    odd_total: list = []
     empty_steps = EmptyStepGuard(config.data.max_empty_steps)
     window = {"loss": 0.0, "correct": 0, "samples": 0, "time": time.perf_counter()}
-    for step, micro, skipped in batches:
+    grad_norm = None
+    for step, micro, skipped, odd in batches:
         skipped_total += skipped
-        empty_steps.check(step, sum(len(b["label"]) for b in micro), skipped)
-        micro = [(b["video"].to(device, non_blocking=True), b["label"].to(device, non_blocking=True)) for b in micro]
-        result = train_step(forward_model, micro, optimizer, scaler, config.precision,
-                            config.optim.max_grad_norm, dist_info, params)
-        scheduler.step()
+        odd_total += odd
         done = step + 1
-        window["loss"] += result.loss * result.samples
-        window["correct"] += result.correct
-        window["samples"] += result.samples
+        # decided on the samples of all processes: they skip or stop together
+        if check_step_samples(empty_steps, step, micro, skipped, dist_info, device):
+            micro = [(b["video"].to(device, non_blocking=True), b["label"].to(device, non_blocking=True)) for b in micro]
+            result = train_step(forward_model, micro, optimizer, scaler, config.precision,
+                                config.optim.max_grad_norm, dist_info, params)
+            window["loss"] += result.loss * result.samples
+            window["correct"] += result.correct
+            window["samples"] += result.samples
+            grad_norm = result.grad_norm
+            scheduler.step()
+        else:  # no process has a readable video: no optimizer step (it would still move the weights)
+            logger.warning("step %d: no readable video in the batch; the step is skipped", done)
+            with warnings.catch_warnings():  # the schedule follows the step number, stepped or not
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                scheduler.step()
         bar.update(1)
         if done % config.log_every == 0 or done == config.steps:
             elapsed = time.perf_counter() - window["time"]
@@ -259,8 +270,8 @@ def _train(config: TrainConfig, resume, device: torch.device, dist_info: DistInf
             values = {"loss": window["loss"] / n, "top1": 100 * window["correct"] / n,
                       "lr": optimizer.param_groups[0]["lr"], "videos_per_s": window["samples"] / max(elapsed, 1e-9),
                       "skipped": len(skipped_total)}
-            if result.grad_norm is not None:
-                values["grad_norm"] = result.grad_norm
+            if grad_norm is not None:
+                values["grad_norm"] = grad_norm
             metrics.write(done, "train", values)
             bar.set_postfix(loss=f"{values['loss']:.3f}", acc=f"{values['top1']:.1f}", lr=f"{values['lr']:.2e}",
                             vid_s=f"{values['videos_per_s']:.1f}")
@@ -275,10 +286,16 @@ def _train(config: TrainConfig, resume, device: torch.device, dist_info: DistInf
     bar.close()
     if start < config.steps:
         _save(out, config.steps, model, optimizer, scheduler, scaler, config, dist_info)
+    # every process's records, each odd video once (a video sampled again is odd again)
+    skipped_total = all_gather_lists(skipped_total, dist_info)
+    odd_total = list(dict.fromkeys(all_gather_lists(odd_total, dist_info)))
     if skipped_total and dist_info.is_main:
         logger.warning(format_skip_report(skipped_total, "training videos skipped"))
+    if odd_total and dist_info.is_main:
+        logger.warning(format_skip_report(odd_total, "training videos used but odd"))
 
-    final: dict = {"steps": config.steps, "skipped_train_videos": len(skipped_total), "determinism": determinism}
+    final: dict = {"steps": config.steps, "skipped_train_videos": len(skipped_total),
+                   "odd_train_videos": len(odd_total), "determinism": determinism}
     if changes:
         final["resumed_with_changes"] = changes
     if val_set is not None:
