@@ -45,6 +45,24 @@ def cuda_times(fn, rounds: int = 10, warmup: int = 3) -> list[float]:
     return times
 
 
+def time_forward_backward(once, group: str, ours: tuple, reference: tuple, grad: torch.Tensor) -> None:
+    """Times ``ours`` and ``reference`` (``(name, fn)``, ``fn()`` gives an output to backpropagate
+    ``grad`` from) forward only and forward + backward, records both and their ratios (goal <= 1)."""
+    results = {}
+
+    def run():
+        for name, fn in (ours, reference):
+            with torch.no_grad():
+                results[(name, "forward")] = cuda_times(fn)
+            results[(name, "forward+backward")] = cuda_times(lambda fn=fn: fn().backward(grad))
+
+    once(group, run)
+    for (name, metric), values in results.items():
+        record(group, name, metric, statistics.median(values), "s", values=values, device="cuda")
+    for metric in ("forward", "forward+backward"):
+        report_ratio(group, ours[0], reference[0], metric=metric, goal="<= 1")
+
+
 @pytest.mark.parametrize("tokens", [197, 214, 257])
 def test_attention_vs_sdpa(once, tokens):
     from vita_clip.kernels import prompt_attention as pa
@@ -69,19 +87,7 @@ def test_attention_vs_sdpa(once, tokens):
         return F.scaled_dot_product_attention(t["q"], keys, values)
 
     group = f"attention b16 heads, 8 frames, {tokens} tokens, bf16, cuda"
-    results = {}
-
-    def run():
-        for name, fn in (("prompt-attention", ours), ("sdpa-concat", sdpa)):
-            with torch.no_grad():
-                results[(name, "forward")] = cuda_times(fn)
-            results[(name, "forward+backward")] = cuda_times(lambda fn=fn: fn().backward(grad))
-
-    once(group, run)
-    for (name, metric), values in results.items():
-        record(group, name, metric, statistics.median(values), "s", values=values, device="cuda")
-    for metric in ("forward", "forward+backward"):
-        report_ratio(group, "prompt-attention", "sdpa-concat", metric=metric, goal="<= 1")
+    time_forward_backward(once, group, ("prompt-attention", ours), ("sdpa-concat", sdpa), grad)
 
 
 _MODELS: dict = {}
@@ -182,17 +188,5 @@ def test_summary_attention_vs_eager(once, batch):
         return x + attn(ln(x))
 
     group = f"summary attention b16 layer, {batch}x8 frames, bf16, cuda"
-    results = {}
-
-    def run():
-        with torch.autocast("cuda", dtype=DTYPE):
-            for name, fn in (("summary-op", ours), ("eager-module", eager)):
-                with torch.no_grad():
-                    results[(name, "forward")] = cuda_times(fn)
-                results[(name, "forward+backward")] = cuda_times(lambda fn=fn: fn().backward(grad))
-
-    once(group, run)
-    for (name, metric), values in results.items():
-        record(group, name, metric, statistics.median(values), "s", values=values, device="cuda")
-    for metric in ("forward", "forward+backward"):
-        report_ratio(group, "summary-op", "eager-module", metric=metric, goal="<= 1")
+    with torch.autocast("cuda", dtype=DTYPE):
+        time_forward_backward(once, group, ("summary-op", ours), ("eager-module", eager), grad)
