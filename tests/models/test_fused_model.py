@@ -103,11 +103,12 @@ def test_lean_quick_gelu_matches_autograd_and_saves_only_its_input():
 
 
 def test_frozen_mlp_equals_the_open_clip_mlp_with_and_without_autograd():
-    from vita_clip.models.activations import frozen_mlp
+    from vita_clip.models.activations import GELU_BLOCK_ROWS, frozen_mlp
     from vita_clip.models.backbone import create_backbone
 
     block = create_backbone("ViT-Tiny-16", None).visual.transformer.resblocks[0]
-    x = torch.randn(3, 7, block.mlp.c_fc.in_features)
+    x = torch.randn(3, 197, block.mlp.c_fc.in_features)  # rows over several blocks, the last one partial
+    assert x.shape[:2].numel() > 2 * GELU_BLOCK_ROWS and x.shape[:2].numel() % GELU_BLOCK_ROWS
     with torch.no_grad():
         expected = block.mlp(x)
         torch.testing.assert_close(frozen_mlp(block.mlp, x), expected)  # in place, no autograd
