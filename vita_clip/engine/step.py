@@ -35,14 +35,19 @@ class StepResult:
 def train_step(model: nn.Module, micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None,
                precision: str = "fp32", max_grad_norm: float | None = None,
-               dist_info: DistInfo | None = None, params: list[nn.Parameter] | None = None) -> StepResult:
-    """Forward/backward over ``micro_batches`` of ``(video, labels)``, then one optimizer step."""
+               dist_info: DistInfo | None = None, params: list[nn.Parameter] | None = None,
+               global_samples: int | None = None) -> StepResult:
+    """Forward/backward over ``micro_batches`` of ``(video, labels)``, then one optimizer step.
+    ``global_samples``: the step's samples summed over the processes, where the caller has it
+    already (the trainer's empty-step check); else summed here."""
     dist_info = dist_info or DistInfo()
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
     optimizer.zero_grad(set_to_none=True)
-    counts = torch.tensor([float(sum(len(labels) for _, labels in micro_batches))], device=device)
-    total = int(all_reduce_sum(counts, dist_info).item())
+    total = global_samples
+    if total is None:
+        counts = torch.tensor([float(sum(len(labels) for _, labels in micro_batches))], device=device)
+        total = int(all_reduce_sum(counts, dist_info).item())
     scale = scaler.scale if scaler is not None else (lambda x: x)
 
     with autocast(device, precision):

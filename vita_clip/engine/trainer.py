@@ -249,10 +249,11 @@ def _train(config: TrainConfig, resume, device: torch.device, dist_info: DistInf
         odd_total += odd
         done = step + 1
         # decided on the samples of all processes: they skip or stop together
-        if check_step_samples(empty_steps, step, micro, skipped, dist_info, device):
+        samples = check_step_samples(empty_steps, step, micro, skipped, dist_info, device)
+        if samples:
             micro = [(b["video"].to(device, non_blocking=True), b["label"].to(device, non_blocking=True)) for b in micro]
             result = train_step(forward_model, micro, optimizer, scaler, config.precision,
-                                config.optim.max_grad_norm, dist_info, params)
+                                config.optim.max_grad_norm, dist_info, params, global_samples=samples)
             window["loss"] += result.loss * result.samples
             window["correct"] += result.correct
             window["samples"] += result.samples
