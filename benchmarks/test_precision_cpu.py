@@ -13,6 +13,7 @@ clips against 400 random class embeddings. ``VITA_BENCH_B16=0`` leaves it out.
 """
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -87,3 +88,45 @@ def test_fused_bf16_vs_fp32_clip_b16_interleaved(once):
     add_section("top-1 agreement, fused bf16 vs fused fp32 (random weights, 400 random classes)",
                 [f"{sum(agree)} of {len(agree)} clips agree"])
     assert all(len(v) == ROUNDS for v in times.values())
+
+
+TRAIN_ROUNDS = int(os.environ.get("VITA_BENCH_PRECISION_TRAIN_ROUNDS", "4"))
+
+
+@pytest.mark.skipif(os.environ.get("VITA_BENCH_B16", "1") == "0", reason="VITA_BENCH_B16=0")
+def test_training_step_bf16_vs_fp32_b16_interleaved(once):
+    """What ``--precision auto`` picks for training on a CPU with native bf16: one training step
+    (forward, backward, AdamW on the prompts) of the fused Vita-CLIP ViT-B/16, 8x224, batch 2,
+    in fp32 and under bf16 autocast, alternating in each round."""
+    torch.manual_seed(0)
+    model = create_model("vita-clip-b16", [f"class {i}" for i in range(10)], pretrained=None, num_frames=8,
+                         fused=True, quick_gelu=True).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    labels = torch.tensor([1, 3])
+    times = {"fused-fp32": [], "fused-bf16": []}
+    losses = {name: [] for name in times}
+
+    def step(name, video):
+        with precision.autocast("cpu", "bf16" if name == "fused-bf16" else "fp32"):
+            loss = torch.nn.functional.cross_entropy(model(video), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    def rounds():
+        for round_ in range(TRAIN_ROUNDS + 1):  # the first round warms up
+            video = torch.randn(2, 8, 3, 224, 224, generator=torch.Generator().manual_seed(round_))
+            for name in (times if round_ % 2 else reversed(list(times))):
+                started = time.perf_counter()
+                losses[name].append(step(name, video))
+                if round_:
+                    times[name].append(time.perf_counter() - started)
+
+    once("precision b16 training interleaved", rounds)
+    group = "training step b16 2x8x224px cpu by precision, interleaved rounds"
+    for name, values in times.items():
+        record(group, name, "time", statistics.median(values), "s", values=values)
+    report_ratio(group, "fused-bf16", "fused-fp32")
+    assert all(len(v) == TRAIN_ROUNDS for v in times.values())
+    assert all(map(math.isfinite, losses["fused-bf16"] + losses["fused-fp32"]))

@@ -8,12 +8,24 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 import torch
 
 from vita_clip import VitaCLIP, VitaCLIPConfig
 from vita_clip.checkpoints.io import load_state_dict_checked
 from vita_clip.checkpoints.original import convert_vita_state_dict
 from vita_clip.data import decode_dali
+from vita_clip.kernels import _launch
+from vita_clip.kernels import prompt_attention as _prompt_attention
+
+# Triton tests: on the CPU under the interpreter (conftest.py sets TRITON_INTERPRET=1 without a
+# GPU), on CUDA where there is one
+needs_triton = pytest.mark.skipif(_prompt_attention.triton is None, reason="triton is not installed")
+needs_interpreter = pytest.mark.skipif(not _launch.interpreting(),
+                                       reason="needs TRITON_INTERPRET=1 (conftest.py sets it without a GPU)")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+TRITON_DEVICES = [pytest.param("cpu", marks=[needs_triton, needs_interpreter]),
+                  pytest.param("cuda", marks=[needs_triton, needs_cuda])]
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor, floor: float = 0.0) -> float:
@@ -22,6 +34,27 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor, floor: float = 0.0) ->
     actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
     return ((actual - expected).norm() / max(expected.norm().item(), floor, 1e-30)).item()
 
+
+
+def mixed_precision_bound(torch_err: float, dtype: torch.dtype) -> float:
+    """The error allowed in ``dtype`` against a float64 reference: about twice what torch's own
+    ops make in that dtype (``torch_err``), plus a quarter of the dtype's epsilon for a
+    reference torch computes exactly."""
+    return 2 * torch_err + 0.25 * torch.finfo(dtype).eps
+
+
+def summary_weights(width: int, seed: int) -> list[torch.Tensor]:
+    """Random float32 parameters of the summary attention, in the op's order (LayerNorm weight
+    and bias, then weight and bias of q, k, v and out), scaled like trained ones."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0, shift=0.0):
+        return torch.randn(*shape, generator=g) * scale + shift
+
+    s = width ** -0.5
+    return [r(width, scale=0.1, shift=1.0), r(width, scale=0.1), r(width, width, scale=s), r(width, scale=0.1),
+            r(width, width, scale=s), r(width, scale=0.1), r(width, width, scale=s), r(width, scale=0.1),
+            r(width, width, scale=s), r(width, scale=0.1)]
 
 # -- the golden outputs of the original Vita-CLIP (the ``golden`` fixture of conftest.py) ----------
 

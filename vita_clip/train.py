@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="demo", help="YAML file or shipped config name (default: demo)")
     parser.add_argument("--fused", action="store_true", help="fused prompt-attention kernels (Vita-CLIP; ViFi-CLIP prompts)")
     parser.add_argument("--precision", choices=PRECISIONS,
-                        help=f"mixed precision of the training and evaluation passes (config: precision, default fp32); "
+                        help=f"mixed precision of the training and evaluation passes (config: precision, default auto); "
                              f"{AUTO_HELP}. The run records the resolved one; resuming with another is refused")
     parser.add_argument("--output-dir", help="where checkpoints, logs, metrics and plots go (config: output_dir)")
     parser.add_argument("--resume", choices=("auto", "force", "never"), default="auto",

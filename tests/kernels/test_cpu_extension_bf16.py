@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import PROMPT_ATTENTION_INPUTS, rel_err
+from helpers import PROMPT_ATTENTION_INPUTS, mixed_precision_bound, rel_err
 from vita_clip import kernels
 from vita_clip.kernels import _cpu_extension
 from vita_clip.kernels import prompt_attention as pa
@@ -33,8 +33,6 @@ def bf16_path(request, extension):
     extension.set_bf16_dot(True)
 
 
-def bound(torch_err: float) -> float:
-    return 2 * torch_err + 0.25 * torch.finfo(BF16).eps
 
 
 def inputs_of(videos, frames, tokens, heads, head_dim, local, n_global, summary, seed) -> list:
@@ -78,10 +76,10 @@ def test_cpp_bfloat16_matches_float64_reference(extension, bf16_path, shape):
     their_grads = pa._composite_backward(grad, *args, their_out, their_lse)
 
     assert out.dtype == BF16 and lse.dtype == torch.float32 and out.is_contiguous()
-    assert rel_err(out, ref) <= bound(rel_err(their_out, ref))
+    assert rel_err(out, ref) <= mixed_precision_bound(rel_err(their_out, ref), BF16)
     for i, rg in zip(present, ref_grads):
         assert grads[i].dtype == BF16 and grads[i].shape == args[i].shape, NAMES[i]
-        assert rel_err(grads[i], rg) <= bound(rel_err(their_grads[i], rg)), NAMES[i]
+        assert rel_err(grads[i], rg) <= mixed_precision_bound(rel_err(their_grads[i], rg), BF16), NAMES[i]
 
 
 def test_op_runs_the_cpp_kernel_in_bfloat16(extension):

@@ -17,19 +17,14 @@ import sys
 import pytest
 import torch
 
-from helpers import rel_err
+from helpers import TRITON_DEVICES as DEVICES
+from helpers import needs_cuda, needs_triton, rel_err
 from vita_clip.kernels import _launch
 from vita_clip.kernels import prompt_attention as pa
 from vita_clip.kernels import summary_attention as sa
 
 NAMES = ("q", "k", "v", "k_local", "v_local", "k_global", "v_global", "k_summary", "v_summary")
 
-needs_triton = pytest.mark.skipif(pa.triton is None, reason="triton is not installed")
-needs_interpreter = pytest.mark.skipif(not _launch.interpreting(),
-                                       reason="needs TRITON_INTERPRET=1 (conftest.py sets it without a GPU)")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-DEVICES = [pytest.param("cpu", marks=[needs_triton, needs_interpreter]),
-           pytest.param("cuda", marks=[needs_triton, needs_cuda])]
 
 
 def randn(shape, seed: int, device, dtype=torch.float64) -> torch.Tensor:

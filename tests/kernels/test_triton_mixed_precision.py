@@ -17,19 +17,14 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import LayerNorm
 
-from helpers import PROMPT_ATTENTION_INPUTS, prompt_tensors, rel_err
+from helpers import PROMPT_ATTENTION_INPUTS, mixed_precision_bound, needs_cuda, needs_triton, prompt_tensors, rel_err, summary_weights
+from helpers import TRITON_DEVICES as DEVICES
 from vita_clip.kernels import _launch
 from vita_clip.kernels import prompt_attention as pa
 from vita_clip.kernels import summary_attention as sa
 from vita_clip.models.vita_vision import SummaryAttention
 
 NAMES = PROMPT_ATTENTION_INPUTS
-needs_triton = pytest.mark.skipif(pa.triton is None, reason="triton is not installed")
-needs_interpreter = pytest.mark.skipif(not _launch.interpreting(),
-                                       reason="needs TRITON_INTERPRET=1 (conftest.py sets it without a GPU)")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-DEVICES = [pytest.param("cpu", marks=[needs_triton, needs_interpreter]),
-           pytest.param("cuda", marks=[needs_triton, needs_cuda])]
 DTYPES = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16")]
 
 
@@ -42,8 +37,6 @@ def poisoned_allocations(monkeypatch):
 
 
 
-def bound(torch_err: float, dtype: torch.dtype) -> float:
-    return 2 * torch_err + 0.25 * torch.finfo(dtype).eps
 
 
 # -- prompt attention --------------------------------------------------------------------------
@@ -75,25 +68,15 @@ def test_prompt_attention_kernels_16bit(device, dtype, shape):
     out, lse = pa.prompt_attention_forward(*args)
     grads = dict(zip(NAMES, pa.prompt_attention_backward(grad.to(device, dtype), *args, out, lse)))
     assert out.dtype == dtype and lse.dtype == torch.float32
-    assert rel_err(out, ref) <= bound(rel_err(theirs, ref), dtype)
+    assert rel_err(out, ref) <= mixed_precision_bound(rel_err(theirs, ref), dtype)
     for name in NAMES:
         assert grads[name].dtype == dtype, name
-        assert rel_err(grads[name], ref_grads[name]) <= bound(rel_err(their_grads[name], ref_grads[name]), dtype), name
+        assert rel_err(grads[name], ref_grads[name]) <= mixed_precision_bound(rel_err(their_grads[name], ref_grads[name]), dtype), name
 
 
 # -- summary attention -------------------------------------------------------------------------
 
 
-def summary_weights(width: int, seed: int) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape, scale=1.0, shift=0.0):
-        return torch.randn(*shape, generator=g) * scale + shift
-
-    s = width ** -0.5
-    return [r(width, scale=0.1, shift=1.0), r(width, scale=0.1), r(width, width, scale=s), r(width, scale=0.1),
-            r(width, width, scale=s), r(width, scale=0.1), r(width, width, scale=s), r(width, scale=0.1),
-            r(width, width, scale=s), r(width, scale=0.1)]
 
 
 def eager_summary_grads(c, weights, heads, grad, dtype=None):
@@ -123,11 +106,11 @@ def test_summary_attention_kernels_16bit_input_float32_parameters(device, dtype,
     inputs = [c.to(device)] + [w.to(device) for w in weights]
     out = sa.summary_attention_forward(*inputs, heads)
     grads = sa.summary_attention_backward(grad.to(device, dtype), *inputs, heads)
-    assert out.dtype == dtype and rel_err(out, ref) <= bound(rel_err(theirs, ref), dtype)
+    assert out.dtype == dtype and rel_err(out, ref) <= mixed_precision_bound(rel_err(theirs, ref), dtype)
     floor = 1e-3 * max(g.norm().item() for g in ref_grads)  # the k bias has an exactly-zero gradient
     for name, g, tg, rg, x in zip(("c",) + sa.WEIGHTS, grads, their_grads, ref_grads, inputs):
         assert g.dtype == x.dtype, name  # dc in c's dtype, parameter gradients in float32
-        assert rel_err(g, rg, floor) <= bound(rel_err(tg, rg, floor), dtype), name
+        assert rel_err(g, rg, floor) <= mixed_precision_bound(rel_err(tg, rg, floor), dtype), name
 
 
 @needs_triton

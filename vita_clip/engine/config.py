@@ -61,7 +61,7 @@ class TrainConfig:
     steps: int = 30000
     batch_size: int = 256
     micro_batch_size: int = 16
-    precision: str = "fp32"
+    precision: str = "auto"
     compile: bool = False
     seed: int = 0
     output_dir: str = "runs/vita-clip"

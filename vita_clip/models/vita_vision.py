@@ -82,9 +82,11 @@ class VitaLayerPrompts(nn.Module):
             local = resize_frames(self.local_prompts, c.shape[1]).to(c.dtype) + c
         if self.use_summary_token and fused:
             ln, sa = self.summary_ln, self.summary_attn
-            summary = summary_attention(c, ln.weight, ln.bias, sa.q_proj.weight, sa.q_proj.bias, sa.k_proj.weight,
-                                        sa.k_proj.bias, sa.v_proj.weight, sa.v_proj.bias, sa.out_proj.weight,
-                                        sa.out_proj.bias, sa.heads, ln.eps)
+            # the projections' weights cast once under autocast where no gradient is taken (the
+            # op would cast them in every call: 4 D^2 per layer for a few rows); LayerNorm's stay fp32
+            projections = (autocast_copy(t) for proj in (sa.q_proj, sa.k_proj, sa.v_proj, sa.out_proj)
+                           for t in (proj.weight, proj.bias))
+            summary = summary_attention(c, ln.weight, ln.bias, *projections, sa.heads, ln.eps)
         elif self.use_summary_token:
             summary = c + self.summary_attn(self.summary_ln(c))
         return local, summary
