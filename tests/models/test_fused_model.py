@@ -102,6 +102,26 @@ def test_lean_quick_gelu_matches_autograd_and_saves_only_its_input():
     assert saved_bytes(LeanQuickGELU.apply) * 2 == saved_bytes(QuickGELU())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lean_quick_gelu_by_blocks_gives_the_whole_tensor_ops_bit_for_bit(dtype):
+    """On a CPU the forward and backward run over blocks of rows (small temporaries): the
+    values of the same ops on the whole tensor, exactly, over several blocks and a partial last
+    one, in float32 and in bf16 (where every op's rounding shows)."""
+    from vita_clip.models.activations import GELU_BLOCK_ROWS, LeanQuickGELU
+
+    x = (torch.randn(3, 197, 40) * 3).to(dtype).requires_grad_()
+    assert 3 * 197 > 2 * GELU_BLOCK_ROWS and (3 * 197) % GELU_BLOCK_ROWS
+    grad = torch.randn(3, 197, 40).to(dtype)
+    out = LeanQuickGELU.apply(x)
+    (got,) = torch.autograd.grad(out, x, grad)
+    with torch.no_grad():
+        s = torch.sigmoid(1.702 * x)
+        assert torch.equal(out, x * s)
+        assert torch.equal(got, grad * (s + 1.702 * x * s * (1 - s)))
+    (strided,) = torch.autograd.grad(LeanQuickGELU.apply(x), x, grad.transpose(0, 1).contiguous().transpose(0, 1))
+    assert torch.equal(strided, got)  # a non-contiguous gradient: the whole-tensor ops
+
+
 def test_frozen_mlp_equals_the_open_clip_mlp_with_and_without_autograd():
     from vita_clip.models.activations import GELU_BLOCK_ROWS, frozen_mlp
     from vita_clip.models.backbone import create_backbone

@@ -44,6 +44,36 @@ def tokenize(texts: Sequence[str], context_length: int = CONTEXT_LENGTH) -> torc
     return out
 
 
+class BatchFirstSelfAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` whose batch-first self-attention projects the contiguous
+    ``(N, L, D)`` input (same parameters, same result up to GEMM rounding).
+
+    The parent transposes a batch-first input to ``(L, N, D)`` and projects that strided view;
+    when the input records a gradient (training prompts), torch's matmul does not fold it into
+    one GEMM but runs a batched GEMM over ``L`` copies of the ``(3D, D)`` weight, copied again in
+    the backward: a sixth of a B/16 bf16 training step on a CPU. The SDPA call that follows is
+    the parent's. :class:`TextEncoder` gives its blocks' attention this class; any other call
+    (cross-attention, attention weights, padding masks, dropout, bool masks) is the parent's.
+    """
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        plain = (query is key and key is value and query.dim() == 3 and self.batch_first and not need_weights
+                 and key_padding_mask is None and not is_causal and self._qkv_same_embed_dim
+                 and self.in_proj_bias is not None and self.bias_k is None and not self.add_zero_attn
+                 and (self.dropout == 0 or not self.training)
+                 and (attn_mask is None or (attn_mask.is_floating_point() and attn_mask.dim() == 2)))
+        if not plain:
+            return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                   average_attn_weights, is_causal)
+        n, length, width = query.shape
+        qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(n, length, 3, self.num_heads, width // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (N, H, L, hd)
+        out = F.linear(out.transpose(1, 2).reshape(n, length, width), self.out_proj.weight, self.out_proj.bias)
+        return out, None
+
+
 class TextEncoder(nn.Module):
     """The CLIP text transformer applied to prompt embeddings.
 
@@ -69,6 +99,9 @@ class TextEncoder(nn.Module):
         self.token_embedding = clip.token_embedding
         self.positional_embedding = clip.positional_embedding
         self.transformer = clip.transformer
+        for block in self.transformer.resblocks:
+            if type(getattr(block, "attn", None)) is nn.MultiheadAttention:
+                block.attn.__class__ = BatchFirstSelfAttention  # same module and parameters, see the class
         self.ln_final = clip.ln_final
         self.text_projection = clip.text_projection
         pool = getattr(clip, "text_pool_type", "argmax")
