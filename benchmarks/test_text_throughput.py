@@ -138,3 +138,51 @@ def test_text_side_and_k400_step(once, label, name, n_classes, options, rounds):
     report_ratio(step_group, "original schedule", "eager, text once, truncated")
     report_ratio(step_group, "original schedule", "fused, text once, full length")
     report_ratio(step_group, "fused, text once, full length", "fused, text once, truncated")
+
+
+ATTENTION_ROUNDS = int(os.environ.get("VITA_BENCH_TEXT_ATTENTION_ROUNDS", "3"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("label, name, n_classes, options, rounds", CASES)
+def test_text_side_attention_class(once, label, name, n_classes, options, rounds, precision):
+    """The truncated text side's forward + backward with the blocks' self-attention as
+    ``BatchFirstSelfAttention`` (what TextEncoder uses: the input projection on the contiguous
+    batch-first rows) and as plain ``nn.MultiheadAttention`` (projects the transposed view:
+    a batched GEMM over copied weights when the prompts train), alternating in each round."""
+    from torch import nn
+
+    from vita_clip import precision as precisions
+    from vita_clip.models.text import BatchFirstSelfAttention
+
+    torch.manual_seed(0)
+    model = create_model(name, k400_classnames(n_classes), text=dict(n_ctx=8, class_specific=True), **options).train()
+    attentions = [block.attn for block in model.text.transformer.resblocks]
+    kinds = {"BatchFirstSelfAttention": BatchFirstSelfAttention, "nn.MultiheadAttention": nn.MultiheadAttention}
+    times = {kind: [] for kind in kinds}
+    features = {}
+
+    def text_side(kind):
+        for attention in attentions:
+            attention.__class__ = kinds[kind]
+        model.zero_grad(set_to_none=True)
+        with precisions.autocast("cpu", precision):
+            out = model.encode_text()
+        out.float().sum().backward()
+        features[kind] = out.detach().float()
+
+    def run():
+        for round_ in range(ATTENTION_ROUNDS + 1):  # the first round warms up
+            for kind in (kinds if round_ % 2 else reversed(list(kinds))):
+                seconds = timed(lambda kind=kind: text_side(kind))
+                if round_:
+                    times[kind].append(seconds)
+        text_side("BatchFirstSelfAttention")
+
+    once(f"text attention {label} {precision}", run)
+    assert rel_err(features["BatchFirstSelfAttention"], features["nn.MultiheadAttention"]) <= (
+        1e-5 if precision == "fp32" else 2e-2)
+    group = f"text side fwd+bwd {label}, {n_classes} K400 classes, CSC 8 ctx, truncated, {precision}, attention class"
+    for kind, values in times.items():
+        record(group, kind, "time", statistics.median(values), "s", values=values)
+    report_ratio(group, "BatchFirstSelfAttention", "nn.MultiheadAttention")
