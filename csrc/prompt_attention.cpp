@@ -25,10 +25,11 @@
 // element-wise work (exp, row max/sum, rescaling) is written as simple loops compiled for
 // three x86 ISAs (AVX-512, AVX2+FMA, baseline), one picked from the CPU's features.
 // float32 and float64; the accumulation type is the input type (float32 accumulation for
-// float32, as the brief asks; float64 for the float64 reference checks). bfloat16 forward: on
-// CPUs with AVX-512 BF16 (detected at run time) Q K^T and P V are VDPBF16PS dot products with
-// float32 accumulation and the softmax stays float32 (forward_kernel_bf16_dot); elsewhere, and
-// for the backward, the float32 kernel runs on widened copies (see prompt_attention_fwd).
+// float32, as the brief asks; float64 for the float64 reference checks). bfloat16: on CPUs
+// with AVX-512 BF16 (detected at run time) and even head dims the GEMMs are VDPBF16PS dot
+// products with float32 accumulation and the softmax stays float32 (forward_kernel_bf16_dot,
+// backward_kernel_bf16_dot); elsewhere the float32 kernels run on widened copies (see
+// prompt_attention_fwd).
 
 #include <Python.h>
 
@@ -548,7 +549,7 @@ void forward_kernel(const Inputs& in, at::Tensor& out, at::Tensor& lse) {
   });
 }
 
-// -- bfloat16 forward with AVX-512 BF16 dot products ------------------------------------------------
+// -- bfloat16 with AVX-512 BF16 dot products: microkernels and forward -------------------------------
 
 // VDPBF16PS (_mm512_dpbf16_ps) adds to each float32 lane the products of one pair of bfloat16
 // elements of each operand. Operands are laid out so that a lane is one output and a pair runs
