@@ -25,10 +25,11 @@
 // element-wise work (exp, row max/sum, rescaling) is written as simple loops compiled for
 // three x86 ISAs (AVX-512, AVX2+FMA, baseline), one picked from the CPU's features.
 // float32 and float64; the accumulation type is the input type (float32 accumulation for
-// float32, as the brief asks; float64 for the float64 reference checks). bfloat16 forward: on
-// CPUs with AVX-512 BF16 (detected at run time) Q K^T and P V are VDPBF16PS dot products with
-// float32 accumulation and the softmax stays float32 (forward_kernel_bf16_dot); elsewhere, and
-// for the backward, the float32 kernel runs on widened copies (see prompt_attention_fwd).
+// float32, as the brief asks; float64 for the float64 reference checks). bfloat16: on CPUs
+// with AVX-512 BF16 (detected at run time) and even head dims the GEMMs are VDPBF16PS dot
+// products with float32 accumulation and the softmax stays float32 (forward_kernel_bf16_dot,
+// backward_kernel_bf16_dot); elsewhere the float32 kernels run on widened copies (see
+// prompt_attention_fwd).
 
 #include <Python.h>
 
@@ -300,15 +301,15 @@ inline void scale_rows(T* x, int64_t rows, int64_t d, int64_t ld, const T* a) {
   }
 }
 
-// delta[i] = sum_j do[i, j] * o[i, j]
-template <typename T>
-inline void row_dots(const T* x, int64_t ldx, const T* y, int64_t ldy, int64_t rows, int64_t d, T* out) {
+// delta[i] = sum_j do[i, j] * o[i, j], accumulated in Acc (float32 for bfloat16 inputs)
+template <typename In, typename Acc>
+inline void row_dots(const In* x, int64_t ldx, const In* y, int64_t ldy, int64_t rows, int64_t d, Acc* out) {
   for (int64_t i = 0; i < rows; ++i) {
-    const T* xr = x + i * ldx;
-    const T* yr = y + i * ldy;
-    T sum = 0;
+    const In* xr = x + i * ldx;
+    const In* yr = y + i * ldy;
+    Acc sum = 0;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < d; ++j) sum += xr[j] * yr[j];
+    for (int64_t j = 0; j < d; ++j) sum += static_cast<Acc>(xr[j]) * static_cast<Acc>(yr[j]);
     out[i] = sum;
   }
 }
@@ -548,7 +549,7 @@ void forward_kernel(const Inputs& in, at::Tensor& out, at::Tensor& lse) {
   });
 }
 
-// -- bfloat16 forward with AVX-512 BF16 dot products ------------------------------------------------
+// -- bfloat16 with AVX-512 BF16 dot products: microkernels and forward -------------------------------
 
 // VDPBF16PS (_mm512_dpbf16_ps) adds to each float32 lane the products of one pair of bfloat16
 // elements of each operand. Operands are laid out so that a lane is one output and a pair runs
@@ -585,11 +586,21 @@ std::atomic<bool>& bf16_dot_enabled() {
 
 bool use_bf16_dot() { return cpu_has_bf16_dot() && bf16_dot_enabled().load(); }
 
-// Returns whether bfloat16 forwards will now use the dot products (false on CPUs without them).
+// Returns whether bfloat16 calls will now use the dot products (false on CPUs without them).
 bool set_bf16_dot(bool enabled) {
   bf16_dot_enabled().store(enabled);
   return use_bf16_dot();
 }
+
+// The dot products apply to bfloat16 with an even head dim (a pair never straddles two rows).
+bool bf16_dot_applies(const at::Tensor& q) {
+  return q.scalar_type() == at::kBFloat16 && q.dim() == 4 && q.size(3) % 2 == 0 && use_bf16_dot();
+}
+
+// Calls that ran the dot products, forward and backward (torch.ops.vita_clip_cpu.bf16_dot_calls):
+// lets the tests check which path ran.
+std::atomic<int64_t> bf16_dot_forwards{0}, bf16_dot_backwards{0};
+std::vector<int64_t> bf16_dot_calls() { return {bf16_dot_forwards.load(), bf16_dot_backwards.load()}; }
 
 #if VITA_X86_ISAS
 using bf16_bits = uint16_t;
@@ -598,6 +609,31 @@ inline uint32_t pair_at(const bf16_bits* row, int64_t p) {  // elements 2p, 2p+1
   uint32_t w;
   std::memcpy(&w, row + 2 * p, sizeof(w));
   return w;
+}
+
+inline const bf16_bits* bits_of(const at::BFloat16* p) { return reinterpret_cast<const bf16_bits*>(p); }
+
+// The two packed layouts of bfloat16 rows (n rows of dim elements, row stride ld, placed at
+// index `at` of the packed operand; the destination is zeroed beforehand, so padding is zero):
+// lanes (qk_tile's second operand): a row is one vector lane, the pair two consecutive elements
+// of the row: [group of 16 rows][pair][16 lanes][2].
+inline void pack_lanes(const bf16_bits* rows, int64_t ld, int64_t n, int64_t at, int64_t pairs_d, bf16_bits* dst) {
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t idx = at + r, g = idx / 16, lane = idx % 16;
+    const bf16_bits* row = rows + r * ld;
+    for (int64_t p = 0; p < pairs_d; ++p) std::memcpy(dst + ((g * pairs_d + p) * 16 + lane) * 2, row + 2 * p, 4);
+  }
+}
+// reduction (pv_tile's second operand): the pair is two consecutive rows, a lane one element of
+// the row: [pair of rows][dpad elements][2].
+inline void pack_reduction(const bf16_bits* rows, int64_t ld, int64_t n, int64_t at, int64_t dim, int64_t dpad,
+                           bf16_bits* dst) {
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t idx = at + r;
+    const bf16_bits* row = rows + r * ld;
+    bf16_bits* d = dst + (idx / 2) * dpad * 2 + (idx % 2);
+    for (int64_t c = 0; c < dim; ++c) d[2 * c] = row[c];
+  }
 }
 
 // S[i, 16 g + lane] = scale * sum_p Q[i, 2p:2p+2] . K[16 g + lane, 2p:2p+2] for NI rows and NG
@@ -622,10 +658,12 @@ VITA_AVX512BF16 void qk_tile(const bf16_bits* q, int64_t ldq, const bf16_bits* k
 }
 
 // acc[i, 16 c + lane] += sum_q P[i, 2q:2q+2] . V[2q:2q+2, 16 c + lane] for NI rows and NC
-// column groups; pb: P in bfloat16 (row stride ldp), vp: packed V, [key pair][dpad columns][2].
+// column groups; pb: P in bfloat16, its pair q of row i at pb + i * p_row + q * p_pair (p_pair = 2
+// for bfloat16 rows; p_row = 2 for the layout of pack_row_pairs: P^T, dS^T); vp: packed V, [key
+// pair][dpad columns][2].
 template <int NI, int NC>
-VITA_AVX512BF16 void pv_tile(const bf16_bits* pb, int64_t ldp, const bf16_bits* vp, int64_t dpad, int64_t pairs,
-                             float* acc, int64_t lda) {
+VITA_AVX512BF16 void pv_tile(const bf16_bits* pb, int64_t p_row, int64_t p_pair, const bf16_bits* vp, int64_t dpad,
+                             int64_t pairs, float* acc, int64_t lda) {
   __m512 o[NI][NC];
   for (int a = 0; a < NI; ++a)
     for (int c = 0; c < NC; ++c) o[a][c] = _mm512_loadu_ps(acc + a * lda + 16 * c);
@@ -633,7 +671,7 @@ VITA_AVX512BF16 void pv_tile(const bf16_bits* pb, int64_t ldp, const bf16_bits* 
     __m512bh vv[NC];
     for (int c = 0; c < NC; ++c) vv[c] = (__m512bh)_mm512_loadu_si512(vp + (q * dpad + 16 * c) * 2);
     for (int a = 0; a < NI; ++a) {
-      const __m512bh pa = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair_at(pb + a * ldp, q)));
+      const __m512bh pa = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair_at(pb + a * p_row + q * p_pair, 0)));
       for (int c = 0; c < NC; ++c) o[a][c] = _mm512_dpbf16_ps(o[a][c], pa, vv[c]);
     }
   }
@@ -665,8 +703,37 @@ VITA_AVX512BF16 void pv_tile(const bf16_bits* pb, int64_t ldp, const bf16_bits* 
     default: break;                            \
   }
 
-// P (float32, row stride lds) -> bfloat16 rows of ldp (a multiple of 32) elements, zero past cols.
-VITA_AVX512BF16 void probs_to_bf16(const float* s, int64_t lds, int64_t rows, int64_t cols, bf16_bits* pb,
+// S (rows x 16 groups, row stride lds) = scale * A B^T for bfloat16 rows A (row stride lda, pairs_d
+// pairs) and B packed by pack_lanes (groups of 16 rows), in qk_tiles.
+VITA_AVX512BF16 void qk_product(const bf16_bits* a, int64_t lda, int64_t rows, const bf16_bits* b, int64_t groups,
+                                int64_t pairs_d, float* s, int64_t lds, float scale) {
+  for (int64_t i = 0; i < rows; i += 4) {
+    const int64_t ni = std::min<int64_t>(4, rows - i);
+    for (int64_t g = 0; g < groups; g += 4) {
+      const int64_t ng = std::min<int64_t>(4, groups - g);
+      VITA_DISPATCH_4(qk_tile, ni, ng, a + i * lda, lda, b + g * pairs_d * 32, pairs_d, s + i * lds + 16 * g, lds,
+                      scale)
+    }
+  }
+}
+
+// acc (rows x dpad, row stride ldacc) += A B for A in bfloat16 (`pairs` pairs along the
+// reduction, addressed as in pv_tile by a_row, a_pair) and B packed by pack_reduction, in pv_tiles.
+VITA_AVX512BF16 void pv_product(const bf16_bits* a, int64_t a_row, int64_t a_pair, int64_t rows, const bf16_bits* b,
+                                int64_t dpad, int64_t pairs, float* acc, int64_t ldacc) {
+  for (int64_t i = 0; i < rows; i += 4) {
+    const int64_t ni = std::min<int64_t>(4, rows - i);
+    for (int64_t c = 0; c < dpad / 16; c += 4) {
+      const int64_t nc = std::min<int64_t>(4, dpad / 16 - c);
+      VITA_DISPATCH_4(pv_tile, ni, nc, a + i * a_row, a_row, a_pair, b + 16 * c * 2, dpad, pairs,
+                      acc + i * ldacc + 16 * c, ldacc)
+    }
+  }
+}
+#undef VITA_DISPATCH_4
+
+// P or dS (float32, row stride lds) -> bfloat16 rows of ldp (a multiple of 32) elements, zero past cols.
+VITA_AVX512BF16 void rows_to_bf16(const float* s, int64_t lds, int64_t rows, int64_t cols, bf16_bits* pb,
                                    int64_t ldp) {
   for (int64_t i = 0; i < rows; ++i) {
     const float* row = s + i * lds;
@@ -678,6 +745,33 @@ VITA_AVX512BF16 void probs_to_bf16(const float* s, int64_t lds, int64_t rows, in
       _mm512_storeu_si512(pb + i * ldp + j, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
     }
   }
+}
+
+// P or dS (float32, rows x cols, row stride lds, cols padded to whole vectors in s) -> bfloat16
+// with the pair along the rows, [row pair][lds][2], a zero row completing an odd count: X^T as
+// pv_tile's first operand (P^T dO, dS^T Q) with p_row = 2, p_pair = 2 * lds.
+VITA_AVX512BF16 void pack_row_pairs(const float* s, int64_t lds, int64_t rows, int64_t cols, bf16_bits* x) {
+  for (int64_t i = 0; i < rows; i += 2) {
+    const float* r0 = s + i * lds;
+    const float* r1 = r0 + lds;
+    for (int64_t j = 0; j < cols; j += 16) {
+      const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(r0 + j)));
+      const __m512i hi = i + 1 < rows ? _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(r1 + j)))
+                                      : _mm512_setzero_si512();
+      _mm512_storeu_si512(x + (i / 2 * lds + j) * 2, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+  }
+}
+
+// acc (rows x dim, row stride ldacc) -> bfloat16 rows of dst (row stride ldd), rounded to nearest even.
+VITA_AVX512BF16 void store_rows_bf16(const float* acc, int64_t ldacc, int64_t rows, int64_t dim, at::BFloat16* dst,
+                                     int64_t ldd) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t c = 0; c < dim; c += 16) {
+      const __mmask16 mask = static_cast<__mmask16>((1u << std::min<int64_t>(16, dim - c)) - 1);
+      const __m256i v = (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(acc + i * ldacc + c));
+      _mm256_mask_storeu_epi16(dst + i * ldd + c, mask, v);
+    }
 }
 
 // Forward in bfloat16 (d even): out (bfloat16) and lse (float32); the structure of forward_kernel.
@@ -716,40 +810,14 @@ VITA_AVX512BF16 void forward_kernel_bf16_dot(const Inputs& in, at::Tensor& out, 
         for (const auto& piece : block.pieces) {
           const at::BFloat16 *kp, *vp;
           piece_ptrs(sources[piece.source], piece, f, h, &kp, &vp);
-          const int64_t k_row = sources[piece.source].k_row, v_row = sources[piece.source].v_row;
-          for (int64_t r = 0; r < piece.n; ++r) {
-            const int64_t col = piece.col + r, g = col / 16, lane = col % 16;
-            const auto* krow = reinterpret_cast<const bf16_bits*>(kp + r * k_row);
-            const auto* vrow = reinterpret_cast<const bf16_bits*>(vp + r * v_row);
-            for (int64_t p = 0; p < pairs_d; ++p) {
-              bf16_bits* dst = kpack.data() + ((g * pairs_d + p) * 16 + lane) * 2;
-              dst[0] = krow[2 * p];
-              dst[1] = krow[2 * p + 1];
-            }
-            bf16_bits* vdst = vpack.data() + (col / 2) * dpad * 2 + (col % 2);
-            for (int64_t c = 0; c < dim; ++c) vdst[2 * c] = vrow[c];
-          }
+          pack_lanes(bits_of(kp), sources[piece.source].k_row, piece.n, piece.col, pairs_d, kpack.data());
+          pack_reduction(bits_of(vp), sources[piece.source].v_row, piece.n, piece.col, dim, dpad, vpack.data());
         }
-        for (int64_t i = 0; i < rows; i += 4) {  // S = scale * Q K^T
-          const int64_t ni = std::min<int64_t>(4, rows - i);
-          for (int64_t g = 0; g < groups; g += 4) {
-            const int64_t ng = std::min<int64_t>(4, groups - g);
-            VITA_DISPATCH_4(qk_tile, ni, ng, qt + i * sq_l, sq_l, kpack.data() + g * pairs_d * 32, pairs_d,
-                            s_buf.data() + i * lds + 16 * g, lds, scale)
-          }
-        }
+        qk_product(qt, sq_l, rows, kpack.data(), groups, pairs_d, s_buf.data(), lds, scale);  // S = scale * Q K^T
         softmax_step(s_buf.data(), rows, block.width, lds, m.data(), l.data(), alpha.data());
         if (&block != &blocks.front()) scale_rows(acc.data(), rows, dpad, dpad, alpha.data());
-        probs_to_bf16(s_buf.data(), lds, rows, block.width, pb.data(), ldp);
-        const int64_t cgroups = dpad / 16;
-        for (int64_t i = 0; i < rows; i += 4) {  // acc += P V
-          const int64_t ni = std::min<int64_t>(4, rows - i);
-          for (int64_t c = 0; c < cgroups; c += 4) {
-            const int64_t nc = std::min<int64_t>(4, cgroups - c);
-            VITA_DISPATCH_4(pv_tile, ni, nc, pb.data() + i * ldp, ldp, vpack.data() + 16 * c * 2, dpad, kpairs,
-                            acc.data() + i * dpad + 16 * c, dpad)
-          }
-        }
+        rows_to_bf16(s_buf.data(), lds, rows, block.width, pb.data(), ldp);
+        pv_product(pb.data(), ldp, 2, rows, vpack.data(), dpad, kpairs, acc.data(), dpad);  // acc += P V
       }
       at::BFloat16* dst = o + (fh * tokens + m0) * dim;  // out is contiguous
       for (int64_t i = 0; i < rows; ++i) {
@@ -760,10 +828,57 @@ VITA_AVX512BF16 void forward_kernel_bf16_dot(const Inputs& in, at::Tensor& out, 
     }
   });
 }
-#undef VITA_DISPATCH_4
 #endif  // VITA_X86_ISAS
 
 // -- backward -------------------------------------------------------------------------------------
+
+// Per-frame partial dk/dv of the shared sources (index 1 local, 2 global; the others undefined),
+// (frames, heads, n, dim) in the accumulation type, summed by sum_shared_partials.
+struct SharedPartials {
+  at::Tensor dk[4], dv[4];
+};
+
+SharedPartials shared_partials(const Inputs& in, at::ScalarType acc_type) {
+  const int64_t frames = in.q.size(0), heads = in.q.size(1), dim = in.q.size(3);
+  const int64_t n[3] = {0, in.kl ? in.kl->size(2) : 0, in.kg ? in.kg->size(1) : 0};
+  const auto opts = in.q.options().dtype(acc_type).memory_format(at::MemoryFormat::Contiguous);
+  SharedPartials parts;
+  for (int s = 1; s <= 2; ++s) {
+    if (n[s] == 0) continue;
+    parts.dk[s] = at::empty({frames, heads, n[s], dim}, opts);
+    parts.dv[s] = at::empty({frames, heads, n[s], dim}, opts);
+  }
+  return parts;
+}
+
+// grads[3..6] = the partials summed over the frames sharing them (a video's frames, or all), in
+// frame order, in Acc; then stored as Out.
+template <typename Acc, typename Out>
+void sum_shared_partials(const Inputs& in, const SharedPartials& parts, std::vector<at::Tensor>& grads) {
+  const int64_t frames = in.q.size(0);
+  auto reduce = [&](const at::Tensor& part, at::Tensor& dst, int64_t per_group) {
+    const Acc* src = part.data_ptr<Acc>();
+    Out* d = dst.data_ptr<Out>();
+    const int64_t row = part.numel() / frames;  // one frame's partial
+    at::parallel_for(0, (frames / per_group) * row, 1 << 15, [&](int64_t begin, int64_t end) {
+      for (int64_t idx = begin; idx < end; ++idx) {
+        const int64_t g = idx / row, e = idx % row;
+        Acc sum = 0;
+        for (int64_t t = 0; t < per_group; ++t) sum += src[(g * per_group + t) * row + e];
+        d[idx] = static_cast<Out>(sum);
+      }
+    });
+  };
+  if (parts.dk[1].defined()) {
+    const int64_t per_video = frames / in.kl->size(0);
+    reduce(parts.dk[1], grads[3], per_video);
+    reduce(parts.dv[1], grads[4], per_video);
+  }
+  if (parts.dk[2].defined()) {
+    reduce(parts.dk[2], grads[5], frames);
+    reduce(parts.dv[2], grads[6], frames);
+  }
+}
 
 template <typename T>
 void backward_kernel(const at::Tensor& grad_out, const Inputs& in, const at::Tensor& out, const at::Tensor& lse,
@@ -784,23 +899,12 @@ void backward_kernel(const at::Tensor& grad_out, const Inputs& in, const at::Ten
 
   // Per-(frame, head) destinations of each source's dk/dv: own and summary go straight to the
   // outputs, local and global to per-frame partials summed afterwards.
-  const int64_t n_local = in.kl ? in.kl->size(2) : 0, n_global = in.kg ? in.kg->size(1) : 0;
-  const auto opts = in.q.options().memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor dkl_part, dvl_part, dkg_part, dvg_part;
-  if (n_local > 0) {
-    dkl_part = at::empty({frames, heads, n_local, dim}, opts);
-    dvl_part = at::empty({frames, heads, n_local, dim}, opts);
-  }
-  if (n_global > 0) {
-    dkg_part = at::empty({frames, heads, n_global, dim}, opts);
-    dvg_part = at::empty({frames, heads, n_global, dim}, opts);
-  }
+  const SharedPartials parts = shared_partials(in, in.q.scalar_type());
+  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; };
   T* dq = grads[0].data_ptr<T>();
-  T* dk_dst[4] = {grads[1].data_ptr<T>(), n_local ? dkl_part.data_ptr<T>() : nullptr,
-                  n_global ? dkg_part.data_ptr<T>() : nullptr, in.ks ? grads[7].data_ptr<T>() : nullptr};
-  T* dv_dst[4] = {grads[2].data_ptr<T>(), n_local ? dvl_part.data_ptr<T>() : nullptr,
-                  n_global ? dvg_part.data_ptr<T>() : nullptr, in.ks ? grads[8].data_ptr<T>() : nullptr};
-  const int64_t rows_of[4] = {tokens, n_local, n_global, 1};
+  T* dk_dst[4] = {ptr(grads[1]), ptr(parts.dk[1]), ptr(parts.dk[2]), in.ks ? ptr(grads[7]) : nullptr};
+  T* dv_dst[4] = {ptr(grads[2]), ptr(parts.dv[1]), ptr(parts.dv[2]), in.ks ? ptr(grads[8]) : nullptr};
+  const int64_t rows_of[4] = {tokens, in.kl ? in.kl->size(2) : 0, in.kg ? in.kg->size(1) : 0, 1};
 
   int64_t keys = 0;
   for (const auto& src : sources) keys += src.rows;
@@ -813,7 +917,7 @@ void backward_kernel(const at::Tensor& grad_out, const Inputs& in, const at::Ten
         const T* qt = q + f * sq_f + h * sq_h + m0 * sq_l;
         const T* got = go + f * sg_f + h * sg_h + m0 * sg_l;
         T* dqt = dq + (fh * tokens + m0) * dim;
-        row_dots(got, sg_l, o + f * so_f + h * so_h + m0 * so_l, so_l, rows, dim, delta.data());
+        row_dots<T, T>(got, sg_l, o + f * so_f + h * so_h + m0 * so_l, so_l, rows, dim, delta.data());
         for (int64_t i = 0; i < rows; ++i) lse_rows[i] = lse_ptr[f * sl_f + h * sl_h + (m0 + i) * sl_l];
         for (const auto& block : blocks) {
           const int64_t ld = block.width;
@@ -850,37 +954,134 @@ void backward_kernel(const at::Tensor& grad_out, const Inputs& in, const at::Ten
     }
   });
 
-  // Shared sources: sum the per-frame partials over the frames sharing them, in frame order.
-  auto reduce = [&](const at::Tensor& part, at::Tensor& dst, int64_t groups, int64_t per_group, int64_t n) {
-    const T* src = part.data_ptr<T>();
-    T* d = dst.data_ptr<T>();
-    const int64_t row = heads * n * dim;  // one frame's partial
-    at::parallel_for(0, groups * row, 1 << 15, [&](int64_t begin, int64_t end) {
-      for (int64_t idx = begin; idx < end; ++idx) {
-        const int64_t g = idx / row, e = idx % row;
-        T sum = 0;
-        for (int64_t t = 0; t < per_group; ++t) sum += src[(g * per_group + t) * row + e];
-        d[idx] = sum;
-      }
-    });
-  };
-  if (n_local > 0) {
-    const int64_t videos = in.kl->size(0);
-    reduce(dkl_part, grads[3], videos, frames / videos, n_local);
-    reduce(dvl_part, grads[4], videos, frames / videos, n_local);
-  }
-  if (n_global > 0) {
-    reduce(dkg_part, grads[5], 1, frames, n_global);
-    reduce(dvg_part, grads[6], 1, frames, n_global);
-  }
+  sum_shared_partials<T, T>(in, parts, grads);
 }
+
+#if VITA_X86_ISAS
+// Backward in bfloat16 (d even) with the dot products; the structure of backward_kernel, with
+// float32 accumulators per task: dQ of the query block, dK and dV of every key of the (frame,
+// head). S = scale Q K^T and dP = dO V^T are qk_products (K and V packed as lanes); P and dS
+// (float32, from backward_probs) are rounded to bfloat16 only as operands of the pv_products
+// dQ += dS K (K packed along the reduction), dV += P^T dO and dK += dS^T Q (P^T and dS^T with the
+// pair along the queries, dO and Q packed along the reduction), as torch's and FlashAttention's
+// bfloat16 backwards do. Own-token and summary gradients are rounded to bfloat16 once at the end
+// of the task; the local/global ones go to float32 partials, summed in float32.
+VITA_AVX512BF16 void backward_kernel_bf16_dot(const at::Tensor& grad_out, const Inputs& in, const at::Tensor& out,
+                                              const at::Tensor& lse, std::vector<at::Tensor>& grads) {
+  using BF = at::BFloat16;
+  const int64_t frames = in.q.size(0), heads = in.q.size(1), tokens = in.q.size(2), dim = in.q.size(3);
+  const auto sources = make_sources<BF>(in);
+  const auto blocks = plan_blocks(sources);
+  const int64_t bm = query_block(tokens);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  const BF* q = in.q.data_ptr<BF>();
+  const int64_t sq_f = in.q.stride(0), sq_h = in.q.stride(1), sq_l = in.q.stride(2);
+  const BF* go = grad_out.data_ptr<BF>();
+  const int64_t sg_f = grad_out.stride(0), sg_h = grad_out.stride(1), sg_l = grad_out.stride(2);
+  const BF* o = out.data_ptr<BF>();
+  const int64_t so_f = out.stride(0), so_h = out.stride(1), so_l = out.stride(2);
+  const float* lse_ptr = lse.data_ptr<float>();
+  const int64_t sl_f = lse.stride(0), sl_h = lse.stride(1), sl_l = lse.stride(2);
+
+  const SharedPartials parts = shared_partials(in, at::kFloat);
+  BF* dq = grads[0].data_ptr<BF>();
+  // dk/dv destinations per source: bfloat16 outputs (own, summary) or float32 partials (local, global)
+  BF* dk_out[4] = {grads[1].data_ptr<BF>(), nullptr, nullptr, in.ks ? grads[7].data_ptr<BF>() : nullptr};
+  BF* dv_out[4] = {grads[2].data_ptr<BF>(), nullptr, nullptr, in.ks ? grads[8].data_ptr<BF>() : nullptr};
+  float* dk_part[4] = {nullptr, nullptr, nullptr, nullptr}, *dv_part[4] = {nullptr, nullptr, nullptr, nullptr};
+  for (int s = 1; s <= 2; ++s)
+    if (parts.dk[s].defined()) dk_part[s] = parts.dk[s].data_ptr<float>(), dv_part[s] = parts.dv[s].data_ptr<float>();
+  const int64_t rows_of[4] = {tokens, in.kl ? in.kl->size(2) : 0, in.kg ? in.kg->size(1) : 0, 1};
+
+  const int64_t pairs_d = dim / 2, dpad = (dim + 15) / 16 * 16;
+  int64_t keys = 0, widest = 0;
+  std::vector<int64_t> block_key0;  // first key of each block: its rows of the dk/dv accumulators
+  for (const auto& block : blocks) {
+    block_key0.push_back(keys);
+    keys += block.width;
+    widest = std::max(widest, block.width);
+  }
+  const int64_t groups_max = (widest + 15) / 16, lds = groups_max * 16, ldp = (widest + 31) / 32 * 32;
+  at::parallel_for(0, frames * heads, grain_for(4 * tokens, keys, dim), [&](int64_t begin, int64_t end) {
+    std::vector<float> s_buf(bm * lds), dp_buf(bm * lds), delta(bm), lse_rows(bm), dq_acc(bm * dpad);
+    std::vector<float> dk_acc(keys * dpad), dv_acc(keys * dpad);
+    std::vector<bf16_bits> k_lanes(groups_max * pairs_d * 32), v_lanes(groups_max * pairs_d * 32);
+    std::vector<bf16_bits> k_red((ldp / 2) * dpad * 2), q_red((bm + 1) / 2 * dpad * 2), do_red((bm + 1) / 2 * dpad * 2);
+    std::vector<bf16_bits> ds_rows(bm * ldp), p_pairs((bm + 1) / 2 * lds * 2), ds_pairs((bm + 1) / 2 * lds * 2);
+    for (int64_t fh = begin; fh < end; ++fh) {
+      const int64_t f = fh / heads, h = fh % heads;
+      std::fill(dk_acc.begin(), dk_acc.end(), 0.0f);
+      std::fill(dv_acc.begin(), dv_acc.end(), 0.0f);
+      for (int64_t m0 = 0; m0 < tokens; m0 += bm) {
+        const int64_t rows = std::min(bm, tokens - m0), qpairs = (rows + 1) / 2;
+        const BF* qt = q + f * sq_f + h * sq_h + m0 * sq_l;
+        const BF* got = go + f * sg_f + h * sg_h + m0 * sg_l;
+        row_dots<BF, float>(got, sg_l, o + f * so_f + h * so_h + m0 * so_l, so_l, rows, dim, delta.data());
+        for (int64_t i = 0; i < rows; ++i) lse_rows[i] = lse_ptr[f * sl_f + h * sl_h + (m0 + i) * sl_l];
+        std::fill(q_red.begin(), q_red.end(), bf16_bits(0));
+        std::fill(do_red.begin(), do_red.end(), bf16_bits(0));
+        pack_reduction(bits_of(qt), sq_l, rows, 0, dim, dpad, q_red.data());
+        pack_reduction(bits_of(got), sg_l, rows, 0, dim, dpad, do_red.data());
+        std::fill(dq_acc.begin(), dq_acc.end(), 0.0f);
+        for (size_t b = 0; b < blocks.size(); ++b) {
+          const KeyBlock& block = blocks[b];
+          const int64_t groups = (block.width + 15) / 16, kpairs = (block.width + 1) / 2;
+          std::fill(k_lanes.begin(), k_lanes.end(), bf16_bits(0));
+          std::fill(v_lanes.begin(), v_lanes.end(), bf16_bits(0));
+          std::fill(k_red.begin(), k_red.end(), bf16_bits(0));
+          for (const auto& piece : block.pieces) {
+            const auto& src = sources[piece.source];
+            const BF *kp, *vp;
+            piece_ptrs(src, piece, f, h, &kp, &vp);
+            pack_lanes(bits_of(kp), src.k_row, piece.n, piece.col, pairs_d, k_lanes.data());
+            pack_lanes(bits_of(vp), src.v_row, piece.n, piece.col, pairs_d, v_lanes.data());
+            pack_reduction(bits_of(kp), src.k_row, piece.n, piece.col, dim, dpad, k_red.data());
+          }
+          qk_product(bits_of(qt), sq_l, rows, k_lanes.data(), groups, pairs_d, s_buf.data(), lds, scale);  // S
+          qk_product(bits_of(got), sg_l, rows, v_lanes.data(), groups, pairs_d, dp_buf.data(), lds, 1.0f);  // dP
+          // P = exp(S - lse), dS = P * (dP - delta) * scale, in float32
+          backward_probs(s_buf.data(), dp_buf.data(), rows, block.width, lds, lse_rows.data(), delta.data(), scale);
+          rows_to_bf16(dp_buf.data(), lds, rows, block.width, ds_rows.data(), ldp);
+          pack_row_pairs(s_buf.data(), lds, rows, block.width, p_pairs.data());
+          pack_row_pairs(dp_buf.data(), lds, rows, block.width, ds_pairs.data());
+          pv_product(ds_rows.data(), ldp, 2, rows, k_red.data(), dpad, kpairs, dq_acc.data(), dpad);  // dQ += dS K
+          float* dv_block = dv_acc.data() + block_key0[b] * dpad;
+          float* dk_block = dk_acc.data() + block_key0[b] * dpad;
+          pv_product(p_pairs.data(), 2, 2 * lds, block.width, do_red.data(), dpad, qpairs, dv_block, dpad);  // dV += P^T dO
+          pv_product(ds_pairs.data(), 2, 2 * lds, block.width, q_red.data(), dpad, qpairs, dk_block, dpad);  // dK += dS^T Q
+        }
+        store_rows_bf16(dq_acc.data(), dpad, rows, dim, dq + (fh * tokens + m0) * dim, dim);  // gradients are contiguous
+      }
+      for (size_t b = 0; b < blocks.size(); ++b) {
+        for (const auto& piece : blocks[b].pieces) {
+          const int idx = sources[piece.source].index;
+          const int64_t dst_off = (fh * rows_of[idx] + piece.start) * dim;
+          const float* dk_rows = dk_acc.data() + (block_key0[b] + piece.col) * dpad;
+          const float* dv_rows = dv_acc.data() + (block_key0[b] + piece.col) * dpad;
+          if (dk_part[idx] != nullptr) {
+            for (int64_t r = 0; r < piece.n; ++r) {
+              std::memcpy(dk_part[idx] + dst_off + r * dim, dk_rows + r * dpad, dim * sizeof(float));
+              std::memcpy(dv_part[idx] + dst_off + r * dim, dv_rows + r * dpad, dim * sizeof(float));
+            }
+          } else {
+            store_rows_bf16(dk_rows, dpad, piece.n, dim, dk_out[idx] + dst_off, dim);
+            store_rows_bf16(dv_rows, dpad, piece.n, dim, dv_out[idx] + dst_off, dim);
+          }
+        }
+      }
+    }
+  });
+  sum_shared_partials<float, BF>(in, parts, grads);
+}
+#endif  // VITA_X86_ISAS
 
 // -- ops ------------------------------------------------------------------------------------------
 
-// bfloat16 forward with AVX-512 BF16 and an even head dim: forward_kernel_bf16_dot. Otherwise
-// (and always for the backward) the inputs are widened to float32 once (a pass over memory,
-// small next to the attention's GEMMs) and the float32 kernel runs, accumulating in float32 (the
-// local/global gradient sums too); outputs are rounded to bfloat16 at the end, lse stays float32.
+// bfloat16 with AVX-512 BF16 and an even head dim: forward_kernel_bf16_dot and
+// backward_kernel_bf16_dot. Otherwise the inputs are widened to float32 once (a pass over
+// memory, small next to the attention's GEMMs) and the float32 kernel runs, accumulating in
+// float32 (the local/global gradient sums too); outputs are rounded to bfloat16 at the end, lse
+// stays float32.
 std::optional<at::Tensor> widen(const std::optional<at::Tensor>& t) {
   if (!t) return std::nullopt;
   return t->to(at::kFloat);
@@ -892,11 +1093,12 @@ std::tuple<at::Tensor, at::Tensor> prompt_attention_fwd(
     const std::optional<at::Tensor>& v_global, const std::optional<at::Tensor>& k_summary,
     const std::optional<at::Tensor>& v_summary) {
 #if VITA_X86_ISAS
-  if (q.scalar_type() == at::kBFloat16 && q.dim() == 4 && q.size(3) % 2 == 0 && use_bf16_dot()) {
+  if (bf16_dot_applies(q)) {
     const Inputs in = prepare(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary);
     at::Tensor out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
     at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
     if (out.numel() > 0) forward_kernel_bf16_dot(in, out, lse);
+    ++bf16_dot_forwards;
     return {out, lse};
   }
 #endif
@@ -921,7 +1123,7 @@ std::vector<at::Tensor> prompt_attention_bwd(
     const std::optional<at::Tensor>& k_global, const std::optional<at::Tensor>& v_global,
     const std::optional<at::Tensor>& k_summary, const std::optional<at::Tensor>& v_summary, const at::Tensor& out,
     const at::Tensor& lse) {
-  if (q.scalar_type() == at::kBFloat16) {
+  if (q.scalar_type() == at::kBFloat16 && !bf16_dot_applies(q)) {
     check(q, k, v, k_local, v_local, k_global, v_global, k_summary, v_summary);
     TORCH_CHECK(grad_out.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type(),
                 "prompt_attention_cpu: grad_out and out must have q's dtype");
@@ -947,6 +1149,13 @@ std::vector<at::Tensor> prompt_attention_bwd(
   std::vector<at::Tensor> grads{alloc(q.sizes()), alloc(q.sizes()), alloc(q.sizes()), like(k_local), like(v_local),
                                 like(k_global), like(v_global), like(k_summary), like(v_summary)};
   if (no_queries) return grads;
+#if VITA_X86_ISAS
+  if (q.scalar_type() == at::kBFloat16) {  // bf16_dot_applies (else widened above)
+    backward_kernel_bf16_dot(blas_ready(grad_out), in, blas_ready(out), lse.to(at::kFloat), grads);
+    ++bf16_dot_backwards;
+    return grads;
+  }
+#endif
   const at::Tensor g = blas_ready(grad_out), o = blas_ready(out), l = lse.to(q.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "prompt_attention_bwd",
                              [&] { backward_kernel<scalar_t>(g, in, o, l, grads); });
@@ -975,6 +1184,7 @@ TORCH_LIBRARY(vita_clip_cpu, m) {
       "Tensor? k_global, Tensor? v_global, Tensor? k_summary, Tensor? v_summary, Tensor out, Tensor lse) -> Tensor[]");
   m.def("backend_info() -> str", &vita_clip_cpu::backend_info);
   m.def("set_bf16_dot(bool enabled) -> bool", &vita_clip_cpu::set_bf16_dot);
+  m.def("bf16_dot_calls() -> int[]", &vita_clip_cpu::bf16_dot_calls);
 }
 
 TORCH_LIBRARY_IMPL(vita_clip_cpu, CPU, m) {

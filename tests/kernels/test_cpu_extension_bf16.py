@@ -2,10 +2,11 @@
 
 Tolerance: twice the error of torch's own CPU attention in bfloat16 on the same inputs (the
 composite: flash attention for CPU over the concatenated keys) plus a quarter of bfloat16's
-epsilon. The forward has two paths, the AVX-512 BF16 dot products (on CPUs that have them)
-and float32 on widened inputs (elsewhere, or switched off by ``set_bf16_dot(False)``): both are
-checked. As in test_cpu_extension.py the extension must be built, unless
-``VITA_CLIP_ALLOW_NO_EXTENSION=1`` (then these tests skip).
+epsilon. The forward and the backward have two paths, the AVX-512 BF16 dot products (on CPUs
+that have them, even head dims) and float32 on widened inputs (elsewhere, or switched off by
+``set_bf16_dot(False)``): both are checked, and ``bf16_dot_calls()`` tells which one ran. As in
+test_cpu_extension.py the extension must be built, unless ``VITA_CLIP_ALLOW_NO_EXTENSION=1``
+(then these tests skip).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ needs_bf16_dot = pytest.mark.skipif(not HAS_BF16_DOT, reason="this CPU has no AV
 
 @pytest.fixture(params=["dot", "widened"])
 def bf16_path(request, extension):
-    """Each bfloat16 forward path of the kernel in turn (the dot products only where the CPU has them)."""
+    """Each bfloat16 path of the kernel in turn (the dot products only where the CPU has them)."""
     if request.param == "dot" and not HAS_BF16_DOT:
         pytest.skip("this CPU has no AVX-512 BF16")
     assert extension.set_bf16_dot(request.param == "dot") == (request.param == "dot")
@@ -70,8 +71,11 @@ def test_cpp_bfloat16_matches_float64_reference(extension, bf16_path, shape):
     ref_out, _ = pa.prompt_attention_reference(*ref_inputs)
     ref_grads = torch.autograd.grad(ref_out, [ref_inputs[i] for i in present], grad.double())
 
+    calls = extension.bf16_dot_calls()
     out, lse = extension.prompt_attention_fwd(*args)
     grads = extension.prompt_attention_bwd(grad, *args, out, lse)
+    ran_dot = bf16_path == "dot" and shape[4] % 2 == 0  # odd head dims are widened on every CPU
+    assert [b - a for a, b in zip(calls, extension.bf16_dot_calls())] == [int(ran_dot)] * 2  # forward, backward
     their_out, their_lse = pa._composite_forward(*args)
     their_grads = pa._composite_backward(grad, *args, their_out, their_lse)
 
@@ -111,3 +115,30 @@ def test_dot_product_and_widened_forwards_agree(extension, shape):
     assert dot_out.dtype == BF16 and dot_lse.dtype == torch.float32 and dot_out.is_contiguous()
     assert 0 < rel_err(dot_out, out) <= 2 * eps  # not the same code, and the same attention
     assert rel_err(dot_lse, lse) <= 0.25 * eps  # scores and softmax statistics are float32 on both paths
+
+
+@needs_bf16_dot
+@pytest.mark.parametrize("shape", SHAPES[:6], ids=lambda s: "B{}T{}L{}H{}d{}-loc{}-M{}-sum{}".format(*s))
+def test_dot_product_and_widened_backwards_agree(extension, shape):
+    """The two backward paths differ only by bfloat16 rounding (P and dS are rounded as operands of
+    the dot products); both take the same forward's out and lse."""
+    args = inputs_of(*shape, seed=int(torch.randint(0, 2**31 - 1, ()).item()))
+    grad = torch.randn(args[0].shape).to(BF16)
+    out, lse = extension.prompt_attention_fwd(*args)
+    try:
+        assert extension.set_bf16_dot(True)
+        calls = extension.bf16_dot_calls()
+        dot_grads = extension.prompt_attention_bwd(grad, *args, out, lse)
+        assert extension.bf16_dot_calls()[1] == calls[1] + 1
+        assert not extension.set_bf16_dot(False)
+        grads = extension.prompt_attention_bwd(grad, *args, out, lse)
+        assert extension.bf16_dot_calls()[1] == calls[1] + 1
+    finally:
+        extension.set_bf16_dot(True)
+    eps = torch.finfo(BF16).eps
+    for i, a in enumerate(args):
+        if a is None:
+            assert dot_grads[i].numel() == 0 and grads[i].numel() == 0, NAMES[i]
+            continue
+        assert dot_grads[i].dtype == BF16 and dot_grads[i].shape == a.shape and dot_grads[i].is_contiguous(), NAMES[i]
+        assert 0 < rel_err(dot_grads[i], grads[i]) <= 2 * eps, NAMES[i]  # not the same code, and the same gradients
