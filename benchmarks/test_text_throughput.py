@@ -29,9 +29,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from recording import record, report_ratio
 from vita_clip import create_model
+from vita_clip import precision as precisions
+from vita_clip.models.text import BatchFirstSelfAttention
 
 K400_CLASSES = Path(__file__).parents[1] / "vita_clip" / "resources" / "classes" / "k400_classes.txt"
 MICRO_BATCHES, MICRO_BATCH = 8, 16  # the original's K400 schedule per GPU
@@ -150,11 +153,6 @@ def test_text_side_attention_class(once, label, name, n_classes, options, rounds
     ``BatchFirstSelfAttention`` (what TextEncoder uses: the input projection on the contiguous
     batch-first rows) and as plain ``nn.MultiheadAttention`` (projects the transposed view:
     a batched GEMM over copied weights when the prompts train), alternating in each round."""
-    from torch import nn
-
-    from vita_clip import precision as precisions
-    from vita_clip.models.text import BatchFirstSelfAttention
-
     torch.manual_seed(0)
     model = create_model(name, k400_classnames(n_classes), text=dict(n_ctx=8, class_specific=True), **options).train()
     attentions = [block.attn for block in model.text.transformer.resblocks]

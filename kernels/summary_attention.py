@@ -137,12 +137,21 @@ def _composite_vjp(grad, inputs, heads, eps) -> list[Tensor]:
 if triton is not None:
 
     @triton.jit
-    def _head_offsets(b, h, T, D, HD, BLOCK_T: tl.constexpr, BLOCK_HD: tl.constexpr):
-        """Element offsets and mask of the (BLOCK_T, BLOCK_HD) block of head h of video b."""
+    def _program_head(T, D, HEADS, HD, BLOCK_T: tl.constexpr, BLOCK_HD: tl.constexpr):
+        """Element offsets and mask of this program's (BLOCK_T, BLOCK_HD) block: head
+        ``pid % HEADS`` of video ``pid // HEADS``."""
+        pid = tl.program_id(0)
+        b = (pid // HEADS).to(tl.int64)
+        h = pid % HEADS
         offs_t = tl.arange(0, BLOCK_T)
         offs_j = tl.arange(0, BLOCK_HD)
         offs = (b * T + offs_t)[:, None] * D + (h * HD + offs_j)[None, :]
         return offs, (offs_t < T)[:, None] & (offs_j < HD)[None, :]
+
+    @triton.jit
+    def _load_head(ptr, offs, mask):
+        """A head's block of a (B, T, D) tensor in float32, zero where padded."""
+        return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
 
     @triton.jit
     def _frame_softmax(q, k, T, sm_scale, BLOCK_T: tl.constexpr, PRECISION: tl.constexpr):
@@ -160,13 +169,8 @@ if triton is not None:
         BLOCK_T: tl.constexpr, BLOCK_HD: tl.constexpr, PRECISION: tl.constexpr,
     ):
         """Grid (B * HEADS,): the attention of one head of one video over its frames."""
-        pid = tl.program_id(0)
-        b = (pid // HEADS).to(tl.int64)
-        h = pid % HEADS
-        offs, mask = _head_offsets(b, h, T, D, HD, BLOCK_T, BLOCK_HD)
-        q = tl.load(q_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        k = tl.load(k_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        offs, mask = _program_head(T, D, HEADS, HD, BLOCK_T, BLOCK_HD)
+        q, k, v = _load_head(q_ptr, offs, mask), _load_head(k_ptr, offs, mask), _load_head(v_ptr, offs, mask)
         p = _frame_softmax(q, k, T, sm_scale, BLOCK_T, PRECISION)
         out = tl.dot(p, v, input_precision=PRECISION)
         tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
@@ -181,14 +185,9 @@ if triton is not None:
     ):
         """Grid (B * HEADS,): recompute P of one head of one video and backpropagate to q, k, v.
         Padded query rows have a zero output gradient, so they add nothing to dk and dv."""
-        pid = tl.program_id(0)
-        b = (pid // HEADS).to(tl.int64)
-        h = pid % HEADS
-        offs, mask = _head_offsets(b, h, T, D, HD, BLOCK_T, BLOCK_HD)
-        q = tl.load(q_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        k = tl.load(k_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        do = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        offs, mask = _program_head(T, D, HEADS, HD, BLOCK_T, BLOCK_HD)
+        q, k, v = _load_head(q_ptr, offs, mask), _load_head(k_ptr, offs, mask), _load_head(v_ptr, offs, mask)
+        do = _load_head(dout_ptr, offs, mask)
         p = _frame_softmax(q, k, T, sm_scale, BLOCK_T, PRECISION)
         dv = tl.dot(tl.trans(p), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
